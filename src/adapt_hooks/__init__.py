@@ -1,0 +1,24 @@
+"""adapt-hooks: keep Hugging Face vision-language models looking at the image.
+
+ADAPT anchors the text-to-image attention on what the first generated tokens looked at, watches
+it drift during decoding, and steers it back only when it drifts.
+"""
+
+from .adapters import Adapter, Grid, ImageLayout, register_adapter, supported_models
+from .anchor import Anchor
+from .guard import Guard, guard
+from .monitor import DriftMonitor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "Anchor",
+    "DriftMonitor",
+    "Grid",
+    "Guard",
+    "ImageLayout",
+    "guard",
+    "register_adapter",
+    "supported_models",
+]

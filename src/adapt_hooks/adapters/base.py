@@ -1,0 +1,115 @@
+"""What an adapter knows about a model family, and the per-prompt image layout it produces."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One 2-D grid of image tokens: ``height x width`` tokens, row-major, starting at ``offset``
+    in the row's flat list of image keys."""
+
+    offset: int
+    height: int
+    width: int
+
+    @property
+    def size(self) -> int:
+        return self.height * self.width
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the image keys of one prefilled batch lie in the KV cache, and on which grids.
+
+    ``positions[b, n]`` is the cache index of row ``b``'s n-th image key (left padding included);
+    entries where ``valid`` is False are padding of the tensor, not image keys.
+    ``grids[b]`` lists that row's grids over its flat image keys ``0 .. n_b - 1``.
+    """
+
+    positions: torch.Tensor  # [B, N] long
+    valid: torch.Tensor  # [B, N] bool
+    grids: tuple[tuple[Grid, ...], ...]
+    prefill_length: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.positions.shape[0]
+
+    @property
+    def has_image(self) -> torch.Tensor:
+        """[B] bool: rows with at least one image key."""
+        return self.valid.any(-1)
+
+    @property
+    def any_image(self) -> bool:
+        return any(len(g) > 0 for g in self.grids)
+
+    def to(self, device: torch.device) -> ImageLayout:
+        return ImageLayout(self.positions.to(device), self.valid.to(device), self.grids, self.prefill_length)
+
+
+class Adapter:
+    """Per-family knowledge: which attention modules to hook, the image token id, and how one
+    row's image tokens split into 2-D grids. Subclasses override :meth:`row_grids`."""
+
+    #: ``model_type`` values (``model.config.model_type``) this adapter handles.
+    model_types: tuple[str, ...] = ()
+    #: An example checkpoint, for documentation and error messages.
+    example_checkpoint: str = ""
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The text decoder's self-attention modules, in layer order."""
+        decoder = model.get_decoder()
+        layers = getattr(decoder, "layers", None)
+        if layers is None:
+            raise ValueError(f"{type(model).__name__}: its decoder {type(decoder).__name__} has no `.layers`.")
+        return [layer.self_attn for layer in layers]
+
+    def image_token_id(self, config) -> int:
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        raise ValueError(f"{config.model_type}: the config has no image_token_id / image_token_index.")
+
+    def row_grids(
+        self, config, is_image: torch.Tensor, n_tokens: Sequence[int], inputs: Mapping[str, object]
+    ) -> list[list[tuple[int, int]]]:
+        """For each row, the (height, width) of each image grid, in order of appearance.
+
+        ``is_image`` ``[B, L]`` marks the image tokens of the prefill's ``input_ids``, ``n_tokens[b]``
+        counts them per row; ``inputs`` are the keyword arguments of the prefill forward call
+        (``image_grid_thw``, ``position_ids``, ...).
+        """
+        raise NotImplementedError
+
+    def layout(self, config, input_ids: torch.Tensor, inputs: Mapping[str, object]) -> ImageLayout:
+        """Read image positions from the prefill's ``input_ids`` and place them on grids."""
+        is_image = input_ids == self.image_token_id(config)
+        counts = is_image.sum(-1).tolist()
+        shapes = self.row_grids(config, is_image, counts, inputs)
+        n_max = max(counts, default=0)
+        # Stable sort puts each row's image positions first, in order: no Python loop over rows.
+        order = torch.sort(is_image.to(torch.int8), dim=-1, descending=True, stable=True).indices
+        positions = order[:, :n_max].contiguous()
+        valid = torch.arange(n_max, device=input_ids.device) < torch.tensor(counts, device=input_ids.device)[:, None]
+        grids = []
+        for b, row in enumerate(shapes):
+            offset, row_grids = 0, []
+            for h, w in row:
+                row_grids.append(Grid(offset, h, w))
+                offset += h * w
+            if offset != counts[b]:
+                raise ValueError(
+                    f"{config.model_type}: row {b} has {counts[b]} image tokens but its grids "
+                    f"{[(g.height, g.width) for g in row_grids]} hold {offset}. The prompt's image tokens do not "
+                    "match the images passed (check the processor output or the adapter)."
+                )
+            grids.append(tuple(row_grids))
+        return ImageLayout(positions, valid, tuple(grids), input_ids.shape[1])

@@ -1,0 +1,187 @@
+"""``guard(model)``: install the ADAPT interceptor on a stock transformers VLM, restore it exactly."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers.masking_utils import AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
+
+from .adapters import ImageLayout, get_adapter
+from .anchor import Anchor
+from .interceptor import ACTIVE, Interceptor, resolve_base
+from .monitor import DriftMonitor
+
+_names = itertools.count()
+
+
+class Guard:
+    """Context manager returned by :func:`guard`; inside the ``with`` block it is the run record.
+
+    ``run.anchor`` and ``run.monitor`` hold the last guarded prompt's anchor and drift history.
+    Entering points the language model's attention implementation at a freshly registered
+    interceptor and adds one forward pre-hook on the model; leaving (normally or by exception)
+    undoes both and unregisters the name. A guard can be entered again after it was left.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        anchor: Anchor | None = None,
+        monitor: DriftMonitor | None = None,
+        layers: Iterable[int] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"guard() expects a transformers model (torch.nn.Module), got {type(model).__name__}.")
+        self.model = model
+        self.adapter = get_adapter(model)
+        self.anchor = Anchor() if anchor is None else anchor
+        self.monitor = DriftMonitor() if monitor is None else monitor
+        if not isinstance(self.anchor, Anchor):
+            raise TypeError(f"anchor= must be an adapt_hooks.Anchor, got {type(self.anchor).__name__}.")
+        if not isinstance(self.monitor, DriftMonitor):
+            raise TypeError(f"monitor= must be an adapt_hooks.DriftMonitor, got {type(self.monitor).__name__}.")
+        modules = self.adapter.attention_modules(model)
+        self.n_layers = len(modules)
+        self.layers = self._check_layers(layers)
+        self._modules = [modules[i] for i in self.layers]
+        self._installed = False
+        self._name: str | None = None
+        self._saved_implementation: str | None = None
+        self._hook = None
+        self._layout: ImageLayout | None = None
+        self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._step = 0
+        self._warned = False
+
+    def _check_layers(self, layers: Iterable[int] | None) -> list[int]:
+        if layers is None:
+            return list(range(self.n_layers))
+        chosen = sorted(set(int(i) for i in layers))
+        bad = [i for i in chosen if not 0 <= i < self.n_layers]
+        if not chosen or bad:
+            raise ValueError(
+                f"layers= must name decoder layers in 0..{self.n_layers - 1} of this model; got "
+                f"{'nothing' if not chosen else bad}."
+            )
+        return chosen
+
+    def __repr__(self) -> str:
+        return (
+            f"Guard({type(self.model).__name__}, layers={self.layers[0]}..{self.layers[-1]} "
+            f"({len(self.layers)}), {self.anchor!r}, {self.monitor!r})"
+        )
+
+    # -- install / restore --------------------------------------------------------------------
+    def __enter__(self) -> Guard:
+        if self._installed:
+            raise RuntimeError("This guard is already active; leave its `with` block before entering it again.")
+        try:
+            self._install()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._restore()
+
+    def _install(self) -> None:
+        text_config = self.model.config.get_text_config()
+        self._saved_implementation = text_config._attn_implementation
+        base, mask_builder = resolve_base(self._saved_implementation, self._modules[0])
+        self._name = f"adapt_hooks_{next(_names)}"
+        slots = {id(module): slot for slot, module in enumerate(self._modules)}
+        interceptor = Interceptor(self, base, mask_builder, slots)
+        AttentionInterface.register(self._name, interceptor)
+        if mask_builder is not None:
+            AttentionMaskInterface.register(self._name, mask_builder)
+        ACTIVE[self._name] = interceptor
+        self._installed = True
+        self._hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        text_config._attn_implementation = self._name
+        self._begin(None)
+
+    def _restore(self) -> None:
+        """Undo everything ``_install`` did; safe to call at any point of it, and twice."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._name is not None:
+            text_config = self.model.config.get_text_config()
+            if text_config._attn_implementation == self._name:
+                text_config._attn_implementation = self._saved_implementation
+            AttentionInterface._global_mapping.pop(self._name, None)
+            AttentionMaskInterface._global_mapping.pop(self._name, None)
+            ACTIVE.pop(self._name, None)
+            self._name = None
+        self._installed = False
+        self._layout_by_device = {}
+
+    # -- per forward call ---------------------------------------------------------------------
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook: a call on an empty cache is a new prompt, any other a decode step."""
+        cache = kwargs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:
+            input_ids = kwargs.get("input_ids", args[0] if args else None)
+            self._begin(input_ids, kwargs)
+        elif self._layout is not None:
+            self._step += 1
+
+    def _begin(self, input_ids: torch.Tensor | None, inputs: dict | None = None) -> None:
+        self._step = 0
+        self._layout, self._layout_by_device = None, {}
+        if input_ids is not None:
+            layout = self.adapter.layout(self.model.config, input_ids, inputs or {})
+            if layout.any_image:
+                self._layout = layout
+            elif not self._warned:
+                self._warned = True
+                warnings.warn(
+                    "adapt_hooks.guard: the prompt has no image tokens, so the guard does nothing for it.",
+                    stacklevel=4,
+                )
+        self.anchor._reset(self._layout, self.layers, self.n_layers)
+        self.monitor._reset(self._layout, len(self.layers))
+
+    @property
+    def observing(self) -> bool:
+        """True during the decode steps of a prompt that has image tokens."""
+        return self._layout is not None and self._step > 0
+
+    def positions_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(positions, valid)`` of the current prompt's image keys on ``device`` (cached)."""
+        cached = self._layout_by_device.get(device)
+        if cached is None:
+            cached = (self._layout.positions.to(device), self._layout.valid.to(device))
+            self._layout_by_device[device] = cached
+        return cached
+
+    def step_layer(self, slot: int, attention: torch.Tensor) -> torch.Tensor | None:
+        """Feed one hooked layer's image attention of this decode step to the anchor and monitor."""
+        if self._step <= self.anchor.k:
+            self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
+        monitoring = self._step > self.anchor.k and self.anchor.ready
+        return self.monitor._update(slot, attention, self.anchor, monitoring)
+
+
+def guard(
+    model: nn.Module,
+    anchor: Anchor | None = None,
+    monitor: DriftMonitor | None = None,
+    layers: Iterable[int] | None = None,
+) -> Guard:
+    """Watch (and, by default, steer) the text-to-image attention of ``model`` inside a ``with`` block.
+
+    >>> with adapt_hooks.guard(model) as run:               # doctest: +SKIP
+    ...     out = model.generate(**inputs, max_new_tokens=64)
+    >>> run.anchor.weights, run.monitor.intervention_rate    # doctest: +SKIP
+
+    ``anchor`` and ``monitor`` default to the paper's settings (K=5, tau=0.6, alpha=0.5);
+    ``layers`` restricts hooking to those decoder-layer indices (default: all).
+    """
+    return Guard(model, anchor=anchor, monitor=monitor, layers=layers)

@@ -1,0 +1,93 @@
+"""The attention function a guard registers with transformers' attention dispatch.
+
+Prefill calls, un-hooked layers and inactive guards go straight to the model's original
+implementation. A decode step (one new query per row) of a hooked layer is observed, and when the
+monitor gates a (row, layer) the anchor's log-prior is folded into the attention mask before the
+original implementation runs, so its fast kernel still does the work.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from . import signals, steering
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+#: Interceptors currently registered, by their registered name (lets nested guards find the
+#: implementation underneath an outer guard).
+ACTIVE: dict[str, Interceptor] = {}
+
+_UNSUPPORTED = ("flash", "flex", "paged")
+
+
+def resolve_base(implementation: str | None, module: nn.Module) -> tuple[AttentionFn, Callable | None]:
+    """The attention function and mask builder that ``implementation`` means for ``module``."""
+    if implementation in ACTIVE:
+        outer = ACTIVE[implementation]
+        return outer.base, outer.mask_builder
+    if implementation is None or implementation == "eager":
+        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        if eager is None:
+            raise ValueError(
+                f"{type(module).__name__} has no eager_attention_forward in its module; load the model with "
+                "attn_implementation='sdpa'."
+            )
+        return eager, ALL_MASK_ATTENTION_FUNCTIONS["eager"]
+    if any(word in implementation for word in _UNSUPPORTED):
+        raise ValueError(
+            f"attn_implementation={implementation!r} is not supported by adapt-hooks (it needs the attention "
+            "probabilities of each decode step). Use model.set_attn_implementation('sdpa') or 'eager'."
+        )
+    if implementation not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(f"attn_implementation={implementation!r} is not registered with transformers.")
+    return ALL_ATTENTION_FUNCTIONS[implementation], ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
+
+
+class Interceptor:
+    """Callable registered under a unique name for the lifetime of one guard."""
+
+    def __init__(self, guard: Guard, base: AttentionFn, mask_builder: Callable | None, slots: dict[int, int]) -> None:
+        self.guard = guard
+        self.base = base
+        self.mask_builder = mask_builder
+        self.slots = slots  # id(attention module) -> hooked-layer slot
+
+    def __call__(
+        self,
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        slot = self.slots.get(id(module))
+        if slot is None or query.shape[2] != 1 or not self.guard.observing:
+            return self.base(module, query, key, value, attention_mask, **kwargs)
+        layout = self.guard.positions_on(query.device)
+        scaling = kwargs.get("scaling")
+        with torch.no_grad():
+            attention = signals.image_attention(
+                query,
+                key,
+                attention_mask,
+                query.shape[-1] ** -0.5 if scaling is None else scaling,
+                *layout,
+                softcap=kwargs.get("softcap"),
+            )
+            bias = self.guard.step_layer(slot, attention)
+        if bias is None:
+            return self.base(module, query, key, value, attention_mask, **kwargs)
+        mask = steering.add_key_bias(attention_mask, bias, key.shape[-2], query.dtype)
+        return self.base(module, query, key, value, mask, **kwargs)

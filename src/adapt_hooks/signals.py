@@ -1,0 +1,64 @@
+"""Per-step attention telemetry (spec sections 0 and 2): image attention of the new query,
+visual mass, concentration, change rate and Anchor-Modulated Concentration.
+
+Everything here is pure tensor maths on the device, batched over rows, with no host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_TINY = 1e-30
+
+
+def image_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    positions: torch.Tensor,
+    valid: torch.Tensor,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Head-mean post-softmax attention of a single new query on each image key, ``[B, N]`` float32.
+
+    ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]`` (grouped-query heads are matched
+    without copying the keys); the softmax runs over all keys, so the result is the share of the
+    full attention row that lands on each image token (0 where ``valid`` is False).
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [B, H_kv, G, kv]
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if attention_mask is not None:
+        mask = attention_mask[..., -1:, : key.shape[-2]]  # [B, 1 | H, 1, kv]
+        if mask.shape[1] != 1:
+            mask = mask.reshape(batch, kv_heads, heads // kv_heads, -1)
+        if mask.dtype == torch.bool:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        else:
+            logits = logits + mask.float()
+    probs = torch.softmax(logits, dim=-1).mean(dim=(1, 2))  # [B, kv]
+    return probs.gather(1, positions) * valid
+
+
+def normalise(attention: torch.Tensor) -> torch.Tensor:
+    """``â = a / Σa`` over image keys (zero rows stay zero)."""
+    return attention / attention.sum(-1, keepdim=True).clamp_min(_TINY)
+
+
+def concentration(normalised: torch.Tensor) -> torch.Tensor:
+    """Herfindahl index ``HHI = Σ â²``: drops as attention spreads."""
+    return normalised.square().sum(-1)
+
+
+def change_rate(normalised: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance ``‖â_t − â_{t−1}‖₁ / 2``: drops as attention becomes rigid."""
+    return (normalised - previous).abs().sum(-1) * 0.5
+
+
+def amc(attention: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Anchor-Modulated Concentration ``Σ a² w / (Σ a)²`` (paper Eq. 6), over the last dim."""
+    return (normalise(attention).square() * anchor).sum(-1)
