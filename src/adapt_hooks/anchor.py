@@ -45,6 +45,21 @@ class Anchor:
         self._fused: torch.Tensor | None = None
         self._maps: torch.Tensor | None = None
         self._layer_weights: torch.Tensor | None = None
+        self._grid_index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        if layout is not None:
+            # Grids of the same shape are scored together: index tensors per distinct shape, built
+            # now (prefill) so that the decode-time finalisation needs no host-to-device copy.
+            members: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+            for b, grids in enumerate(layout.grids):
+                for g in grids:
+                    members[(g.height, g.width)].append((b, g.offset))
+            device = layout.positions.device
+            for (h, w), found in members.items():
+                rows = torch.tensor([b for b, _ in found], device=device)
+                offsets = torch.tensor([o for _, o in found], device=device)
+                self._grid_index[(h, w)] = (rows, offsets[:, None] + torch.arange(h * w, device=device))
+            counts = [max(len(g), 1) for g in layout.grids]
+            self._grids_per_row = torch.tensor(counts, device=device, dtype=torch.float32)
 
     def _record(self, slot: int, attention: torch.Tensor, last_layer: bool) -> None:
         """Add one step's head-mean image attention ``[B, N]`` of hooked layer ``slot``; a step
@@ -96,30 +111,27 @@ class Anchor:
         return values[row, g.offset : g.offset + g.size].reshape(g.height, g.width)
 
     def _finalize(self) -> None:
+        """Score, fuse and refine the recorded maps; runs once, on the device, without host sync
+        (index tensors were prepared at prefill, non-finite attention is zeroed, not checked)."""
         if self._weights is not None or not self.ready:
             return
         device = self._sums[0].device
-        maps = torch.stack([self._sums[s].to(device) for s in range(len(self.layer_ids))], dim=1) / self._steps
+        sums = [self._sums[s].to(device) for s in range(len(self.layer_ids))]
+        maps = torch.nan_to_num(torch.stack(sums, dim=1) / self._steps, nan=0.0, posinf=0.0)  # [B, L, N]
         batch, n_layers, n_tokens = maps.shape
-        fused = torch.zeros(batch, n_tokens, device=maps.device)
-        weights = torch.zeros_like(fused)
-        layer_weights = torch.zeros(batch, n_layers, device=maps.device)
-        # Grids of the same shape are scored together: one batched call per distinct shape.
-        by_shape: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-        for b, grids in enumerate(self.layout.grids):
-            for g in grids:
-                by_shape[(g.height, g.width)].append((b, g.offset))
-        for (h, w), members in by_shape.items():
-            rows = torch.tensor([b for b, _ in members], device=maps.device)
-            cols = torch.tensor([o for _, o in members], device=maps.device)[:, None] + torch.arange(h * w, device=maps.device)
-            grid_maps = maps[rows[:, None], :, cols].transpose(1, 2).reshape(len(members), n_layers, h, w)
-            scores = scoring.layer_scores(grid_maps, self.layer_ids, self.n_layers)["combined"]
-            lw = scoring.fusion_weights(scores, self.temperature)
+        fused = maps.new_zeros(batch, n_tokens)
+        weights = maps.new_zeros(batch, n_tokens)
+        layer_weights = maps.new_zeros(batch, n_layers)
+        for (h, w), (rows, cols) in self._grid_index.items():
+            rows, cols = rows.to(device), cols.to(device)
+            # advanced indices around a slice put the layer axis last: [G, h*w, L]
+            grid_maps = maps[rows[:, None], :, cols].transpose(1, 2).reshape(len(rows), n_layers, h, w)
+            scores = scoring.layer_scores(grid_maps, self.layer_ids, self.n_layers, check_finite=False)
+            lw = scoring.fusion_weights(scores["combined"], self.temperature)
             grid_fused = scoring.fuse(grid_maps, lw)
-            fused[rows[:, None], cols] = grid_fused.reshape(len(members), -1)
-            weights[rows[:, None], cols] = scoring.refine(grid_fused).reshape(len(members), -1)
+            fused[rows[:, None], cols] = grid_fused.flatten(1)
+            weights[rows[:, None], cols] = scoring.refine(grid_fused, check_finite=False).flatten(1)
             layer_weights.index_add_(0, rows, lw)
-        n_grids = torch.tensor([max(len(g), 1) for g in self.layout.grids], device=maps.device)
         self._maps, self._fused, self._weights = maps, fused, weights
-        self._layer_weights = layer_weights / n_grids[:, None]
+        self._layer_weights = layer_weights / self._grids_per_row.to(device)[:, None]
         self._sums.clear()

@@ -120,18 +120,21 @@ def _focus(a: Tensor) -> Tensor:
     return torch.where(bad, torch.zeros_like(s), s)
 
 
-def layer_scores(maps: Tensor, layer_ids: Tensor | Sequence[int], n_layers: int) -> dict[str, Tensor]:
+def layer_scores(
+    maps: Tensor, layer_ids: Tensor | Sequence[int], n_layers: int, *, check_finite: bool = True
+) -> dict[str, Tensor]:
     """Score every layer map [..., L, H, W] on how anchor-like it looks (spec 1.2).
 
     `layer_ids` [L] are absolute decoder-layer indices, `n_layers` the model depth (d = l / (n_layers - 1),
     0 for a one-layer model). Returns float32 [..., L] tensors under "boundary", "spectral", "smooth",
     "focus", "position" (clamp(1 - 4(d - 20/31)^2, 0, 1)) and "combined" (COMBINED_WEIGHTS).
-    Raises ValueError on NaN/inf input.
+    Raises ValueError on NaN/inf input unless ``check_finite=False`` (which skips that host sync).
     """
     if maps.ndim < 3:
         raise ValueError(f"maps must be [..., L, H, W], got shape {tuple(maps.shape)}")
     a = maps.float()
-    _check_finite(a, "maps")
+    if check_finite:
+        _check_finite(a, "maps")
     d = _depth(layer_ids, n_layers, a.shape[-3], a.device)
     scores = {
         "boundary": _boundary(a),
@@ -175,7 +178,7 @@ def _mean_filter(x: Tensor, k: int) -> Tensor:
 
 
 def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 5), border: int = 2,
-           border_scale: float = 0.5, percentile: float = 0.4) -> Tensor:
+           border_scale: float = 0.5, percentile: float = 0.4, *, check_finite: bool = True) -> Tensor:
     """Turn a fused map [..., H, W] into anchor weights in [0, 1] (spec 1.5), float32, same shape.
 
     min-max -> z-score (population std; 0 if std < 1e-12) * enhance -> sigmoid -> k1 x k1 mean filter
@@ -183,10 +186,11 @@ def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 
     (replicate) -> min-max -> values strictly below the `percentile` quantile (linear) set to 0 -> min-max.
     A constant map (max - min < 1e-12) refines to 0.5 everywhere: its z-score is 0, and the border band,
     which would otherwise imprint a centre bias on a map that carries no information, is skipped for it.
-    Raises ValueError on NaN/inf input.
+    Raises ValueError on NaN/inf input unless ``check_finite=False`` (which skips that host sync).
     """
     x = fused.float()
-    _check_finite(x, "fused")
+    if check_finite:
+        _check_finite(x, "fused")
     H, W = x.shape[-2:]
     const = _range(x) < _EPS
     x = minmax(x)
