@@ -7,6 +7,7 @@ Everything here is pure tensor maths on the device, batched over rows, with no h
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 _TINY = 1e-30
 
@@ -26,9 +27,10 @@ def image_attention(
     without copying the keys); the softmax runs over all keys, so the result is the share of the
     full attention row that lands on each image token (0 where ``valid`` is False).
     """
-    batch, heads, _, dim = query.shape
+    batch, heads = query.shape[:2]
     kv_heads = key.shape[1]
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    # query head h reads kv head h // group (transformers' repeat_kv order)
+    grouped = rearrange(query, "b (kv g) 1 d -> b kv g d", kv=kv_heads)
     logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [B, H_kv, G, kv]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
