@@ -66,37 +66,29 @@ class DriftMonitor:
         self._rows: list[torch.Tensor] = []
 
     def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> torch.Tensor | None:
-        """Signals of one (step, layer) from ``attention`` ``[B, N]``; returns the steering key
-        bias ``[B, P]`` when steering is on and the anchor is ready, else ``None``."""
+        """Signals of one (step, layer) from ``attention`` ``[B, N]``; while ``monitoring`` (the
+        anchor is ready) also the gate, and the steering key bias ``[B, P]`` it returns when
+        steering is on (``None`` otherwise)."""
         normalised = signals.normalise(attention)
-        previous = self._previous.get(slot, normalised)
-        row = [
-            None,
-            attention.sum(-1),
-            signals.concentration(normalised),
-            signals.change_rate(normalised, previous),
-            None,
-        ]
+        change = signals.change_rate(normalised, self._previous.get(slot, normalised))
         self._previous[slot] = normalised
         bias = None
         if monitoring:
             weights = anchor.weights.to(attention.device)
-            score = (normalised.square() * weights).sum(-1)
+            score = signals.amc_normalised(normalised, weights)
             if self.normalize == "anchor":
                 score = score / self._anchor_score(slot, anchor, weights)
-            gate = (score < self.tau) & self._has_image.to(attention.device)
-            self._monitored_calls += 1
+            gate = (score < self.tau) & self._has_image.to(attention.device) & self.steer
             if self.steer:
                 bias = self._logprior(weights) * gate[:, None]
-            else:
-                gate = torch.zeros_like(gate)
             steered = self._steered.get(slot)
             self._steered[slot] = gate.to(torch.int32) if steered is None else steered + gate
-            row[0], row[4] = score, gate.float()
+            self._monitored_calls += 1
         else:
-            row[0] = torch.full_like(row[1], float("nan"))
-            row[4] = torch.zeros_like(row[1])
+            score = torch.full_like(change, float("nan"))
+            gate = torch.zeros_like(change, dtype=torch.bool)
         if self.keep_history:
+            row = (score, attention.sum(-1), signals.concentration(normalised), change, gate.float())
             self._rows.append(torch.stack(row))
         return bias
 

@@ -62,5 +62,10 @@ def change_rate(normalised: torch.Tensor, previous: torch.Tensor) -> torch.Tenso
 
 
 def amc(attention: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """Anchor-Modulated Concentration ``Σ a² w / (Σ a)²`` (paper Eq. 6), over the last dim."""
-    return (normalise(attention).square() * anchor).sum(-1)
+    """Anchor-Modulated Concentration ``S_AMC(a ‖ w) = Σ a² w / (Σ a)²`` (paper Eq. 6), over the last dim."""
+    return amc_normalised(normalise(attention), anchor)
+
+
+def amc_normalised(normalised: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """``S_AMC`` of attention already normalised to sum 1: ``Σ â² w``."""
+    return (normalised.square() * anchor).sum(-1)
