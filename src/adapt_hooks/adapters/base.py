@@ -50,9 +50,6 @@ class ImageLayout:
     def any_image(self) -> bool:
         return any(len(g) > 0 for g in self.grids)
 
-    def to(self, device: torch.device) -> ImageLayout:
-        return ImageLayout(self.positions.to(device), self.valid.to(device), self.grids, self.prefill_length)
-
 
 class Adapter:
     """Per-family knowledge: which attention modules to hook, the image token id, and how one
