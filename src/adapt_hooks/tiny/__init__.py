@@ -1,0 +1,45 @@
+"""Tiny random-weight VLMs of every supported family, built from configs (no download).
+
+They make the library testable and demonstrable anywhere: a few layers, hidden size 32, a small
+vision tower, a 64-token vocabulary (0 pad, 1 bos, 2 eos, 3 image, 4 video, 5/6 vision start/end;
+text ids from 10). Each family lives in its own module with ``config()`` and ``inputs()``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from . import llava, qwen2_vl
+from ._common import PAD
+
+_FAMILIES = {
+    "llava": (llava.config, llava.inputs),
+    "qwen2_vl": (partial(qwen2_vl.config, "qwen2_vl"), qwen2_vl.inputs),
+    "qwen2_5_vl": (partial(qwen2_vl.config, "qwen2_5_vl"), qwen2_vl.inputs),
+}
+#: Families that have a tiny model, i.e. every family the test battery runs on.
+MODEL_TYPES = tuple(_FAMILIES)
+
+
+def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
+    """A tiny random-weight ``*ForConditionalGeneration`` of ``model_type``, in eval mode."""
+    from transformers import AutoModelForImageTextToText
+
+    if model_type not in _FAMILIES:
+        raise ValueError(f"No tiny model for {model_type!r}; available: {', '.join(MODEL_TYPES)}.")
+    torch.manual_seed(seed)
+    config = _FAMILIES[model_type][0]()
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = None  # random weights: always generate max_new_tokens
+    return model.eval()
+
+
+def tiny_inputs(model: nn.Module, batch: int = 1, *, images: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Prompts for :func:`tiny_model`: row b has its own image and ``6 + 3b`` text tokens, left
+    padded to a common length (so a batch of 2 exercises padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    return _FAMILIES[model.config.model_type][1](model, batch, images, generator)
