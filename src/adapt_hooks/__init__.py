@@ -4,7 +4,7 @@ ADAPT anchors the text-to-image attention on what the first generated tokens loo
 it drift during decoding, and steers it back only when it drifts.
 """
 
-from .adapters import Adapter, Grid, ImageLayout, register_adapter, supported_models
+from .adapters import Adapter, Grid, GridSpec, ImageLayout, register_adapter, supported_models
 from .anchor import Anchor
 from .guard import Guard, guard
 from .monitor import DriftMonitor
@@ -16,6 +16,7 @@ __all__ = [
     "Anchor",
     "DriftMonitor",
     "Grid",
+    "GridSpec",
     "Guard",
     "ImageLayout",
     "guard",

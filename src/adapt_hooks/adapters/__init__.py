@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, Grid, ImageLayout
+from .base import Adapter, Grid, GridSpec, ImageLayout
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
@@ -43,4 +43,4 @@ def get_adapter(model: nn.Module) -> Adapter:
 register_adapter(LlavaAdapter())
 register_adapter(Qwen2VLAdapter())
 
-__all__ = ["Adapter", "Grid", "ImageLayout", "get_adapter", "register_adapter", "supported_models"]
+__all__ = ["Adapter", "Grid", "GridSpec", "ImageLayout", "get_adapter", "register_adapter", "supported_models"]

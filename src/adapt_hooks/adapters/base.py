@@ -24,6 +24,27 @@ class Grid:
 
 
 @dataclass(frozen=True)
+class GridSpec:
+    """How an adapter describes one grid: ``height x width`` tokens, row-major, taken in order
+    from the row's image tokens. ``row_stride`` > ``width`` skips tokens after each grid row
+    (e.g. an image-newline token that carries the image id), which are then not image keys."""
+
+    height: int
+    width: int
+    row_stride: int | None = None
+
+    @property
+    def span(self) -> int:
+        """Image tokens this grid consumes, skipped ones included."""
+        return self.height * (self.row_stride or self.width)
+
+    def token_index(self) -> torch.Tensor:
+        """Indices, relative to the grid's first token, of its ``height * width`` grid tokens."""
+        stride = self.row_stride or self.width
+        return (torch.arange(self.height)[:, None] * stride + torch.arange(self.width)).flatten()
+
+
+@dataclass(frozen=True)
 class ImageLayout:
     """Where the image keys of one prefilled batch lie in the KV cache, and on which grids.
 
@@ -75,10 +96,16 @@ class Adapter:
                 return int(value)
         raise ValueError(f"{config.model_type}: the config has no image_token_id / image_token_index.")
 
+    def image_mask(self, config, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` bool: which prefill tokens are image tokens (default: the image token id)."""
+        return input_ids == self.image_token_id(config)
+
     def row_grids(
         self, config, is_image: torch.Tensor, n_tokens: Sequence[int], inputs: Mapping[str, object]
-    ) -> list[list[tuple[int, int]]]:
-        """For each row, the (height, width) of each image grid, in order of appearance.
+    ) -> list[list[GridSpec | tuple[int, int]]]:
+        """For each row, its image grids in order of appearance: ``(height, width)`` for a
+        contiguous row-major grid, or a :class:`GridSpec`. Together they must consume exactly the
+        row's image tokens.
 
         ``is_image`` ``[B, L]`` marks the image tokens of the prefill's ``input_ids``, ``n_tokens[b]``
         counts them per row; ``inputs`` are the keyword arguments of the prefill forward call
@@ -88,25 +115,32 @@ class Adapter:
 
     def layout(self, config, input_ids: torch.Tensor, inputs: Mapping[str, object]) -> ImageLayout:
         """Read image positions from the prefill's ``input_ids`` and place them on grids."""
-        is_image = input_ids == self.image_token_id(config)
+        is_image = self.image_mask(config, input_ids)
         counts = is_image.sum(-1).tolist()
-        shapes = self.row_grids(config, is_image, counts, inputs)
-        n_max = max(counts, default=0)
-        # Stable sort puts each row's image positions first, in order: no Python loop over rows.
-        order = torch.sort(is_image.to(torch.int8), dim=-1, descending=True, stable=True).indices
-        positions = order[:, :n_max].contiguous()
-        valid = torch.arange(n_max, device=input_ids.device) < torch.tensor(counts, device=input_ids.device)[:, None]
-        grids = []
-        for b, row in enumerate(shapes):
-            offset, row_grids = 0, []
-            for h, w in row:
-                row_grids.append(Grid(offset, h, w))
-                offset += h * w
-            if offset != counts[b]:
+        specs = self.row_grids(config, is_image, counts, inputs)
+        rows, grids = [], []
+        for b, row in enumerate(specs):
+            row = [spec if isinstance(spec, GridSpec) else GridSpec(*spec) for spec in row]
+            consumed = sum(spec.span for spec in row)
+            if consumed != counts[b]:
                 raise ValueError(
                     f"{config.model_type}: row {b} has {counts[b]} image tokens but its grids "
-                    f"{[(g.height, g.width) for g in row_grids]} hold {offset}. The prompt's image tokens do not "
+                    f"{[(g.height, g.width) for g in row]} take {consumed}. The prompt's image tokens do not "
                     "match the images passed (check the processor output or the adapter)."
                 )
+            image_index = torch.nonzero(is_image[b]).flatten()
+            start, offset, keys, row_grids = 0, 0, [], []
+            for spec in row:
+                keys.append(image_index[start + spec.token_index().to(image_index.device)])
+                row_grids.append(Grid(offset, spec.height, spec.width))
+                start += spec.span
+                offset += spec.height * spec.width
+            rows.append(torch.cat(keys) if keys else image_index[:0])
             grids.append(tuple(row_grids))
+        n_max = max((len(r) for r in rows), default=0)
+        positions = torch.zeros(len(rows), n_max, dtype=torch.long, device=input_ids.device)
+        valid = torch.zeros(len(rows), n_max, dtype=torch.bool, device=input_ids.device)
+        for b, keys in enumerate(rows):
+            positions[b, : len(keys)] = keys
+            valid[b, : len(keys)] = True
         return ImageLayout(positions, valid, tuple(grids), input_ids.shape[1])
