@@ -8,7 +8,7 @@ import torch
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor
-from adapt_hooks.tiny import MODEL_TYPES, tiny_inputs, tiny_model
+from adapt_hooks.tiny import model_types, tiny_inputs, tiny_model
 
 NEW_TOKENS = 64
 MODES = {
@@ -20,7 +20,7 @@ _times: dict[tuple[str, str], float] = {}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("family", MODEL_TYPES)
+@pytest.mark.parametrize("family", model_types())
 def test_generate(benchmark, family, mode):
     torch.manual_seed(0)
     model = tiny_model(family, "sdpa")

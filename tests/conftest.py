@@ -1,17 +1,22 @@
-"""Shared fixtures: tiny random-weight models of every supported family, for eager and sdpa."""
+"""Shared fixtures: tiny random-weight models of every supported family and attention
+implementation. The battery runs on all of them; ``ADAPT_HOOKS_FAMILIES=llava,qwen2_vl``
+restricts it to some families."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
 
-from adapt_hooks.tiny import MODEL_TYPES, tiny_inputs, tiny_model
+from adapt_hooks.tiny import _FAMILIES, tiny_model
 
 torch.set_num_threads(2)
-ATTENTION = ("eager", "sdpa")
-CASES = [(family, attn) for family in MODEL_TYPES for attn in ATTENTION]
+
+_selected = os.environ.get("ADAPT_HOOKS_FAMILIES")
+FAMILIES = [f for f in _FAMILIES if not _selected or f in _selected.split(",")]
+CASES = [(family, attn) for family in FAMILIES for attn in _FAMILIES[family].attention]
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,8 +38,3 @@ def llava():
 def generate(model, inputs, **kwargs):
     kwargs.setdefault("max_new_tokens", 10)
     return model.generate(**inputs, do_sample=False, **kwargs)
-
-
-@pytest.fixture
-def inputs_for():
-    return tiny_inputs

@@ -188,8 +188,10 @@ def test_bad_settings_are_rejected(make, match):
 
 
 def test_bad_guard_arguments(llava):
-    with pytest.raises(ValueError, match=r"0\.\.3"):
+    with pytest.raises(ValueError, match=r"hookable layers of llava: 0\.\.3; got \[7\]"):
         adapt_hooks.guard(llava, layers=[2, 7])
+    with pytest.raises(ValueError, match="nothing"):
+        adapt_hooks.guard(llava, layers=[])
     with pytest.raises(TypeError, match="Anchor"):
         adapt_hooks.guard(llava, anchor=DriftMonitor())
     with pytest.raises(TypeError, match="transformers model"):

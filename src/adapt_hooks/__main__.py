@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import DriftMonitor, guard
-from .tiny import MODEL_TYPES, tiny_inputs, tiny_model
+from .tiny import model_types, tiny_inputs, tiny_model
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adapt-hooks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help="guarded generation on an embedded tiny model (no download)")
-    p.add_argument("--family", choices=MODEL_TYPES, default="llava", help="tiny model family (default: llava)")
+    p.add_argument("--family", choices=model_types(), default="llava", help="tiny model family (default: llava)")
     p.add_argument("--tokens", type=int, default=24, help="new tokens to generate (default: 24)")
     p.add_argument("--tau", type=float, default=0.6, help="drift threshold on AMC / anchor AMC (default: 0.6)")
     p.add_argument("--alpha", type=float, default=0.5, help="strength of the anchor log-prior (default: 0.5)")

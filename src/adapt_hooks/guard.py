@@ -47,7 +47,7 @@ class Guard:
             raise TypeError(f"monitor= must be an adapt_hooks.DriftMonitor, got {type(self.monitor).__name__}.")
         modules = self.adapter.attention_modules(model)
         self.n_layers = len(modules)
-        self.layers = self._check_layers(layers)
+        self.layers = self._check_layers(layers, self.adapter.hookable_layers(model, modules))
         self._modules = [modules[i] for i in self.layers]
         self._installed = False
         self._name: str | None = None
@@ -58,15 +58,16 @@ class Guard:
         self._step = 0
         self._warned = False
 
-    def _check_layers(self, layers: Iterable[int] | None) -> list[int]:
+    def _check_layers(self, layers: Iterable[int] | None, hookable: list[int]) -> list[int]:
         if layers is None:
-            return list(range(self.n_layers))
+            return hookable
         chosen = sorted(set(int(i) for i in layers))
-        bad = [i for i in chosen if not 0 <= i < self.n_layers]
+        bad = [i for i in chosen if i not in hookable]
         if not chosen or bad:
+            ranges = _ranges(hookable)
             raise ValueError(
-                f"layers= must name decoder layers in 0..{self.n_layers - 1} of this model; got "
-                f"{'nothing' if not chosen else bad}."
+                f"layers= must name decoder layers among the hookable layers of {self.model.config.model_type}: "
+                f"{ranges}; got {'nothing' if not chosen else bad}."
             )
         return chosen
 
@@ -167,6 +168,18 @@ class Guard:
             self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
         monitoring = self._step > self.anchor.k and self.anchor.ready
         return self.monitor._update(slot, attention, self.anchor, monitoring)
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[0, 1, 2, 5, 11]`` -> ``"0..2, 5, 11"``."""
+    parts, start = [], None
+    for i, value in enumerate(indices):
+        if start is None:
+            start = value
+        if i + 1 == len(indices) or indices[i + 1] != value + 1:
+            parts.append(str(start) if start == value else f"{start}..{value}")
+            start = None
+    return ", ".join(parts)
 
 
 def guard(

@@ -89,6 +89,12 @@ class Adapter:
             raise ValueError(f"{type(model).__name__}: its decoder {type(decoder).__name__} has no `.layers`.")
         return [layer.self_attn for layer in layers]
 
+    def hookable_layers(self, model: nn.Module, modules: list[nn.Module]) -> list[int]:
+        """Indices of the layers whose keys include the image tokens at every decode step (the
+        default ``layers`` of a guard); families with sliding-window or cross-attention layers
+        narrow this down."""
+        return list(range(len(modules)))
+
     def image_token_id(self, config) -> int:
         for name in ("image_token_id", "image_token_index"):
             value = getattr(config, name, None)

@@ -7,6 +7,8 @@ text ids from 10). Each family lives in its own module with ``config()`` and ``i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -15,13 +17,34 @@ from torch import nn
 from . import llava, qwen2_vl
 from ._common import PAD
 
-_FAMILIES = {
-    "llava": (llava.config, llava.inputs),
-    "qwen2_vl": (partial(qwen2_vl.config, "qwen2_vl"), qwen2_vl.inputs),
-    "qwen2_5_vl": (partial(qwen2_vl.config, "qwen2_5_vl"), qwen2_vl.inputs),
-}
-#: Families that have a tiny model, i.e. every family the test battery runs on.
-MODEL_TYPES = tuple(_FAMILIES)
+ATTENTION = ("eager", "sdpa")
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one family's tiny model and prompts, and which attention implementations it runs."""
+
+    config: Callable[[], object]
+    inputs: Callable[[nn.Module, int, bool, torch.Generator], dict[str, torch.Tensor]]
+    attention: tuple[str, ...] = ATTENTION
+
+
+_FAMILIES: dict[str, TinyFamily] = {}
+
+
+def register_tiny_family(model_type: str, family: TinyFamily) -> None:
+    """Add a family to the tiny models (and so to the test battery)."""
+    _FAMILIES[model_type] = family
+
+
+def model_types() -> tuple[str, ...]:
+    """Families that have a tiny model, i.e. every family the test battery runs on."""
+    return tuple(_FAMILIES)
+
+
+register_tiny_family("llava", TinyFamily(llava.config, llava.inputs))
+register_tiny_family("qwen2_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_vl"), qwen2_vl.inputs))
+register_tiny_family("qwen2_5_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_5_vl"), qwen2_vl.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
@@ -29,9 +52,9 @@ def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", see
     from transformers import AutoModelForImageTextToText
 
     if model_type not in _FAMILIES:
-        raise ValueError(f"No tiny model for {model_type!r}; available: {', '.join(MODEL_TYPES)}.")
+        raise ValueError(f"No tiny model for {model_type!r}; available: {', '.join(model_types())}.")
     torch.manual_seed(seed)
-    config = _FAMILIES[model_type][0]()
+    config = _FAMILIES[model_type].config()
     model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = None  # random weights: always generate max_new_tokens
@@ -42,4 +65,4 @@ def tiny_inputs(model: nn.Module, batch: int = 1, *, images: bool = True, seed: 
     """Prompts for :func:`tiny_model`: row b has its own image and ``6 + 3b`` text tokens, left
     padded to a common length (so a batch of 2 exercises padding)."""
     generator = torch.Generator().manual_seed(seed)
-    return _FAMILIES[model.config.model_type][1](model, batch, images, generator)
+    return _FAMILIES[model.config.model_type].inputs(model, batch, images, generator)

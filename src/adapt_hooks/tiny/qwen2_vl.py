@@ -7,7 +7,6 @@ import torch
 
 from ._common import BOS, IMAGE, PAD, TEXT, VIDEO, VISION_END, VISION_START, left_pad, text_tokens
 
-MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 IMAGE_GRIDS = ((1, 8, 8), (1, 8, 12))
 
 
