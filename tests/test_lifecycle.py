@@ -156,7 +156,7 @@ def test_state_is_bounded_without_history(llava):
         generate(llava, inputs, max_new_tokens=30)
     monitor = run.monitor
     assert monitor.history == {} and monitor._rows == []
-    sizes = [t.numel() for d in (monitor._previous, monitor._reference, monitor._steered) for t in d.values()]
+    sizes = [t.numel() for d in (monitor._previous, monitor._per_slot, monitor._steered) for t in d.values()]
     assert sum(sizes) <= 4 * (64 + 2)  # O(layers x image tokens)
     assert 0.0 <= monitor.intervention_rate <= 1.0
 
@@ -179,7 +179,8 @@ def test_unsupported_model_names_type_and_supported():
         (lambda: DriftMonitor(alpha=float("inf")), "alpha"),
         (lambda: DriftMonitor(eps=0), "eps"),
         (lambda: DriftMonitor(normalize="max"), "normalize"),
-        (lambda: DriftMonitor(steering="blend"), "steering"),
+        (lambda: DriftMonitor(steering="boost"), "steering"),
+        (lambda: Anchor(fusion="mean"), "fusion"),
     ],
 )
 def test_bad_settings_are_rejected(make, match):

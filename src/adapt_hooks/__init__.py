@@ -6,6 +6,7 @@ it drift during decoding, and steers it back only when it drifts.
 
 from .adapters import Adapter, Grid, GridSpec, ImageLayout, register_adapter, supported_models
 from .anchor import Anchor
+from .debias import DebiasMask, estimate_debias_mask
 from .guard import Guard, guard
 from .monitor import DriftMonitor
 
@@ -14,11 +15,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Adapter",
     "Anchor",
+    "DebiasMask",
     "DriftMonitor",
     "Grid",
     "GridSpec",
     "Guard",
     "ImageLayout",
+    "estimate_debias_mask",
     "guard",
     "register_adapter",
     "supported_models",

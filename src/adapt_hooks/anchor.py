@@ -1,19 +1,24 @@
 """Anchor: the visual anchor built from the first K decode steps (spec section 1).
 
 Record the head-mean image attention of each hooked layer, score and fuse the layer maps on each
-image grid, and refine the fused map into weights ``w`` in [0, 1] that the drift monitor and the
-steering use.
+image grid, damp spatial bias, and refine the fused map into weights ``w`` in [0, 1] that the
+drift monitor and the steering use.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import os
+from collections.abc import Sequence
 
 import torch
 
-from . import scoring
-from .adapters import ImageLayout
+from . import persistence, scoring
+from .adapters import Grid, ImageLayout
+from .debias import DebiasMask
 from .validation import check_number
+
+FUSION = {"authors": scoring.COMBINED_WEIGHTS, "paper": scoring.PAPER_WEIGHTS}
+KIND = "anchor"
 
 
 class Anchor:
@@ -21,45 +26,141 @@ class Anchor:
 
     The object is both the configuration (pass it to :func:`adapt_hooks.guard`) and, after a
     guarded generation, the result: :attr:`weights`, :attr:`fused`, :attr:`maps`,
-    :attr:`layer_weights`. Each new prompt (prefill) starts a new recording.
+    :attr:`layer_weights`. Each new prompt (prefill) starts a new recording, unless the anchor is
+    *preset* (:meth:`from_weights`, :meth:`load`): then it is used as is from the first decode step.
+
+    ``fusion`` picks the layer-score weights: ``"authors"`` (five scores, default) or ``"paper"``
+    (spectral, smoothness, focus: 0.4/0.3/0.3). ``debias`` is a :class:`DebiasMask` for this
+    model's image layout.
     """
 
-    def __init__(self, k: int = 5, *, temperature: float = 0.1) -> None:
+    def __init__(
+        self, k: int = 5, *, fusion: str = "authors", temperature: float = 0.1, debias: DebiasMask | None = None
+    ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"Anchor(k=...) must be a positive integer number of decode steps, got {k!r}.")
+        if fusion not in FUSION:
+            raise ValueError(f"Anchor(fusion=...) must be one of {tuple(FUSION)}, got {fusion!r}.")
+        if debias is not None and not isinstance(debias, DebiasMask):
+            raise TypeError(f"Anchor(debias=...) must be an adapt_hooks.DebiasMask, got {type(debias).__name__}.")
         self.k = k
+        self.fusion = fusion
         self.temperature = check_number("Anchor(temperature=...)", temperature, positive=True)
-        self._reset(None, [], 0)
+        self.debias = debias
+        self.preset = False
+        self._clear()
+        self.layout: ImageLayout | None = None
+        self.layer_ids: list[int] = []
+        self.n_layers = 0
 
     def __repr__(self) -> str:
-        return f"Anchor(k={self.k}, temperature={self.temperature})"
+        extra = ", preset" if self.preset else ""
+        return f"Anchor(k={self.k}, fusion={self.fusion!r}, temperature={self.temperature}, debias={self.debias!r}{extra})"
 
-    # -- recording (called by the guard) ------------------------------------------------------
-    def _reset(self, layout: ImageLayout | None, layer_ids: list[int], n_layers: int) -> None:
-        self.layout = layout
-        self.layer_ids = list(layer_ids)
-        self.n_layers = n_layers
+    def _clear(self) -> None:
         self._sums: dict[int, torch.Tensor] = {}
         self._steps = 0
         self._weights: torch.Tensor | None = None
         self._fused: torch.Tensor | None = None
         self._maps: torch.Tensor | None = None
         self._layer_weights: torch.Tensor | None = None
-        self._grid_index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-        if layout is not None:
-            # Grids of the same shape are scored together: index tensors per distinct shape, built
-            # now (prefill) so that the decode-time finalisation needs no host-to-device copy.
-            members: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-            for b, grids in enumerate(layout.grids):
-                for g in grids:
-                    members[(g.height, g.width)].append((b, g.offset))
-            device = layout.positions.device
-            for (h, w), found in members.items():
-                rows = torch.tensor([b for b, _ in found], device=device)
-                offsets = torch.tensor([o for _, o in found], device=device)
-                self._grid_index[(h, w)] = (rows, offsets[:, None] + torch.arange(h * w, device=device))
-            counts = [max(len(g), 1) for g in layout.grids]
-            self._grids_per_row = torch.tensor(counts, device=device, dtype=torch.float32)
+
+    # -- building from outside a guard ----------------------------------------------------------
+    @classmethod
+    def from_layer_maps(
+        cls, maps: torch.Tensor, layer_ids: Sequence[int], n_layers: int, **options
+    ) -> Anchor:
+        """The anchor of per-layer attention maps captured elsewhere: ``[L, H, W]`` or
+        ``[B, L, H, W]``, ``layer_ids`` the maps' decoder-layer indices in a model of ``n_layers``.
+
+        Runs the same scoring, fusion, debias and refinement as a guarded generation; ``options``
+        are the constructor's (``fusion``, ``temperature``, ``debias``). Non-finite maps raise.
+        """
+        if maps.ndim == 3:
+            maps = maps[None]
+        if maps.ndim != 4:
+            raise ValueError(f"maps must be [L, H, W] or [B, L, H, W], got shape {tuple(maps.shape)}.")
+        batch, n_maps, height, width = maps.shape
+        if len(layer_ids) != n_maps:
+            raise ValueError(f"{len(layer_ids)} layer_ids for {n_maps} maps.")
+        scoring.layer_scores(maps, layer_ids, n_layers)  # validates: finite, shapes
+        anchor = cls(**options)
+        anchor.layout = ImageLayout.single_grid(batch, height, width, maps.device)
+        anchor.layer_ids, anchor.n_layers = list(layer_ids), n_layers
+        anchor._build(maps.float().flatten(2))
+        return anchor
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: torch.Tensor,
+        grids: Sequence[Sequence[tuple[int, int]]] | None = None,
+        *,
+        maps: torch.Tensor | None = None,
+        k: int = 5,
+    ) -> Anchor:
+        """A preset anchor: refined weights ``[B, N]`` (or one ``[H, W]`` grid, or ``[B, H, W]``)
+        given to :func:`adapt_hooks.guard`, which then skips recording and monitors from the
+        first decode step. ``grids`` lists each row's grid shapes (default: one grid from the
+        tensor's shape); ``maps`` ``[B, layers, N]`` are the anchor-phase layer maps that the
+        default ``DriftMonitor(normalize="anchor")`` needs.
+
+        A one-row anchor applies to every row of a batch whose rows have its grid shapes.
+        """
+        if weights.ndim == 2 and grids is None:
+            weights = weights[None]
+        if weights.ndim == 3:
+            grids = grids or [[tuple(weights.shape[1:])]] * weights.shape[0]
+            weights = weights.flatten(1)
+        if weights.ndim != 2 or grids is None or len(grids) != weights.shape[0]:
+            raise ValueError("from_weights() needs weights [B, N] with one list of grid shapes per row, or [H, W] / [B, H, W].")
+        rows = []
+        for b, shapes in enumerate(grids):
+            offset, row = 0, []
+            for h, w in shapes:
+                row.append(Grid(offset, int(h), int(w)))
+                offset += int(h) * int(w)
+            if offset > weights.shape[1]:
+                raise ValueError(f"Row {b}'s grids {list(shapes)} hold {offset} tokens; the weights have {weights.shape[1]}.")
+            rows.append(tuple(row))
+        n = weights.shape[1]
+        valid = torch.tensor([[i < sum(g.size for g in row) for i in range(n)] for row in rows])
+        anchor = cls(k)
+        anchor.preset = True
+        anchor.layout = ImageLayout(torch.arange(n).expand(len(rows), n), valid, tuple(rows), n)
+        anchor._weights = weights.float() * valid.to(weights.device)
+        anchor._maps = None if maps is None else maps.float()
+        return anchor
+
+    # -- recording (called by the guard) ------------------------------------------------------
+    def _reset(self, layout: ImageLayout | None, layer_ids: list[int], n_layers: int) -> None:
+        """Start a new prompt: forget the last one, or check that a preset anchor fits it."""
+        if self.preset:
+            if layout is not None:
+                self._fit(layout)
+            return
+        self.layout = layout
+        self.layer_ids = list(layer_ids)
+        self.n_layers = n_layers
+        self._clear()
+
+    def _fit(self, layout: ImageLayout) -> None:
+        """Align a preset anchor with a prompt's layout (one row broadcasts to all rows)."""
+        mine, theirs = self.layout.grid_shapes, layout.grid_shapes
+        if len(mine) == 1 and len(theirs) > 1:
+            mine = mine * len(theirs)
+        if mine != theirs:
+            raise ValueError(
+                f"The preset anchor's grids {list(self.layout.grid_shapes)} do not match this prompt's image grids "
+                f"{list(theirs)}: an anchor can only be re-used for prompts with the same image layout."
+            )
+        batch, n = len(theirs), layout.positions.shape[1]
+        if self._weights.shape[0] != batch or self._weights.shape[1] != n:
+            pad = n - self._weights.shape[1]
+            self._weights = torch.nn.functional.pad(self._weights, (0, pad)).expand(batch, n).contiguous()
+            if self._maps is not None:
+                self._maps = torch.nn.functional.pad(self._maps, (0, pad)).expand(batch, -1, n).contiguous()
+        self.layout = layout
 
     def _record(self, slot: int, attention: torch.Tensor, last_layer: bool) -> None:
         """Add one step's head-mean image attention ``[B, N]`` of hooked layer ``slot``; a step
@@ -72,8 +173,13 @@ class Anchor:
         self._steps += last_layer
 
     @property
+    def recording_steps(self) -> int:
+        """Decode steps recorded before monitoring starts: ``k``, or 0 for a preset anchor."""
+        return 0 if self.preset else self.k
+
+    @property
     def ready(self) -> bool:
-        """True once the first ``k`` decode steps of the current prompt were recorded."""
+        """True once the anchor of the current prompt exists (or can be built)."""
         return self._weights is not None or self._steps >= self.k
 
     # -- results ------------------------------------------------------------------------------
@@ -86,7 +192,7 @@ class Anchor:
 
     @property
     def fused(self) -> torch.Tensor | None:
-        """The fused layer map before refinement, ``[batch, n_image_tokens]``."""
+        """The fused (and debiased) layer map before refinement, ``[batch, n_image_tokens]``."""
         self._finalize()
         return self._fused
 
@@ -110,28 +216,73 @@ class Anchor:
         g = self.layout.grids[row][index]
         return values[row, g.offset : g.offset + g.size].reshape(g.height, g.width)
 
+    def to_image(self, image, row: int = 0, index: int = 0, box=None):
+        """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (spec 4)."""
+        from .visual import enhance
+
+        return enhance(image, self.grid(row, index), box=box)
+
+    def heatmap(self, image, row: int = 0, index: int = 0, box=None, opacity: float = 0.5):
+        """``image`` with the anchor of one grid overlaid as a heat map (PIL image)."""
+        from .visual import heatmap
+
+        return heatmap(image, self.grid(row, index), box=box, opacity=opacity)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the anchor (weights, maps, fused map, fusion weights, grids) as safetensors."""
+        if self.weights is None:
+            raise RuntimeError("Nothing to save: this anchor has no weights yet.")
+        grids = torch.tensor([[b, g.offset, g.height, g.width] for b, row in enumerate(self.layout.grids) for g in row])
+        tensors = {
+            "weights": self._weights, "maps": self._maps, "fused": self._fused,
+            "layer_weights": self._layer_weights, "grids": grids.reshape(-1, 4),
+        }
+        meta = {"k": self.k, "fusion": self.fusion, "temperature": self.temperature,
+                "layer_ids": self.layer_ids, "n_layers": self.n_layers}
+        persistence.save(path, KIND, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Anchor:
+        """A preset anchor read from :meth:`save`'s file (see :meth:`from_weights`)."""
+        tensors, meta = persistence.load(path, KIND, ("weights", "grids"))
+        weights, table = tensors["weights"], tensors["grids"].tolist()
+        grids = [[(h, w) for r, _, h, w in table if r == b] for b in range(weights.shape[0])]
+        anchor = cls.from_weights(weights, grids, maps=tensors.get("maps"), k=int(meta.get("k", 5)))
+        anchor.fusion = meta.get("fusion", anchor.fusion)
+        anchor.layer_ids, anchor.n_layers = list(meta.get("layer_ids", [])), int(meta.get("n_layers", 0))
+        anchor._fused, anchor._layer_weights = tensors.get("fused"), tensors.get("layer_weights")
+        return anchor
+
+    # -- the maths ------------------------------------------------------------------------------
     def _finalize(self) -> None:
-        """Score, fuse and refine the recorded maps; runs once, on the device, without host sync
-        (index tensors were prepared at prefill, non-finite attention is zeroed, not checked)."""
+        """Build the anchor from the recorded sums once they cover ``k`` steps; runs on the device
+        without host sync (non-finite attention is zeroed, not checked)."""
         if self._weights is not None or not self.ready:
             return
         device = self._sums[0].device
         sums = [self._sums[s].to(device) for s in range(len(self.layer_ids))]
         maps = torch.nan_to_num(torch.stack(sums, dim=1) / self._steps, nan=0.0, posinf=0.0)  # [B, L, N]
+        self._sums.clear()
+        self._build(maps)
+
+    def _build(self, maps: torch.Tensor) -> None:
+        """Score, fuse, debias and refine ``maps`` ``[B, L, N]`` grid by grid (batched per shape)."""
         batch, n_layers, n_tokens = maps.shape
         fused = maps.new_zeros(batch, n_tokens)
         weights = maps.new_zeros(batch, n_tokens)
         layer_weights = maps.new_zeros(batch, n_layers)
-        for (h, w), (rows, cols) in self._grid_index.items():
-            rows, cols = rows.to(device), cols.to(device)
+        for (h, w), (rows, cols) in self.layout.shape_groups.items():
+            rows, cols = rows.to(maps.device), cols.to(maps.device)
             # advanced indices around a slice put the layer axis last: [G, h*w, L]
             grid_maps = maps[rows[:, None], :, cols].transpose(1, 2).reshape(len(rows), n_layers, h, w)
             scores = scoring.layer_scores(grid_maps, self.layer_ids, self.n_layers, check_finite=False)
-            lw = scoring.fusion_weights(scores["combined"], self.temperature)
+            lw = scoring.fusion_weights(scoring.combine(scores, FUSION[self.fusion]), self.temperature)
             grid_fused = scoring.fuse(grid_maps, lw)
+            if self.debias is not None:
+                grid_fused = self.debias.apply(grid_fused, (h, w))
             fused[rows[:, None], cols] = grid_fused.flatten(1)
             weights[rows[:, None], cols] = scoring.refine(grid_fused, check_finite=False).flatten(1)
             layer_weights.index_add_(0, rows, lw)
         self._maps, self._fused, self._weights = maps, fused, weights
-        self._layer_weights = layer_weights / self._grids_per_row.to(device)[:, None]
-        self._sums.clear()
+        self._layer_weights = layer_weights / self.layout.grids_per_row.to(maps.device)[:, None]

@@ -14,7 +14,7 @@ from transformers.modeling_utils import AttentionInterface
 from .adapters import ImageLayout, get_adapter
 from .anchor import Anchor
 from .interceptor import ACTIVE, Interceptor, resolve_base
-from .monitor import DriftMonitor
+from .monitor import DriftMonitor, Steer
 
 _names = itertools.count()
 
@@ -148,6 +148,24 @@ class Guard:
                 )
         self.anchor._reset(self._layout, self.layers, self.n_layers)
         self.monitor._reset(self._layout, len(self.layers))
+        if self._layout is not None:
+            self._check_prompt(self._layout)
+
+    def _check_prompt(self, layout: ImageLayout) -> None:
+        """Refuse, at prefill, what would otherwise fail in the middle of decoding; build the
+        layout's index tensors now so that the decode steps need no host-to-device copy."""
+        layout.shape_groups, layout.grids_per_row  # noqa: B018 (cached on first access)
+        if self.anchor.debias is not None:
+            for shape in {shape for row in layout.grid_shapes for shape in row}:
+                self.anchor.debias.check(shape)
+        needs_maps = self.monitor.normalize == "anchor" or self.monitor.steering != "logprior"
+        maps = self.anchor.maps if self.anchor.preset else None
+        if self.anchor.preset and needs_maps and (maps is None or maps.shape[1] != len(self.layers)):
+            raise ValueError(
+                f"This preset anchor has {'no layer maps' if maps is None else f'maps of {maps.shape[1]} layers'}, "
+                f"but {self.monitor!r} needs the anchor-phase maps of the {len(self.layers)} hooked layers: pass "
+                "DriftMonitor(normalize=None) (logprior steering), or an anchor saved from a guard with the same layers."
+            )
 
     @property
     def observing(self) -> bool:
@@ -162,11 +180,12 @@ class Guard:
             self._layout_by_device[device] = cached
         return cached
 
-    def step_layer(self, slot: int, attention: torch.Tensor) -> torch.Tensor | None:
+    def step_layer(self, slot: int, attention: torch.Tensor) -> Steer | None:
         """Feed one hooked layer's image attention of this decode step to the anchor and monitor."""
-        if self._step <= self.anchor.k:
+        recording = self.anchor.recording_steps
+        if self._step <= recording:
             self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
-        monitoring = self._step > self.anchor.k and self.anchor.ready
+        monitoring = self._step > recording and self.anchor.ready
         return self.monitor._update(slot, attention, self.anchor, monitoring)
 
 

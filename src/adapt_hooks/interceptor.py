@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from einops import rearrange
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -75,19 +76,23 @@ class Interceptor:
         slot = self.slots.get(id(module))
         if slot is None or query.shape[2] != 1 or not self.guard.observing:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        layout = self.guard.positions_on(query.device)
+        positions, valid = self.guard.positions_on(query.device)
         scaling = kwargs.get("scaling")
         with torch.no_grad():
-            attention = signals.image_attention(
-                query,
-                key,
-                attention_mask,
-                query.shape[-1] ** -0.5 if scaling is None else scaling,
-                *layout,
-                softcap=kwargs.get("softcap"),
+            probs = signals.attention_probs(
+                query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling, kwargs.get("softcap")
             )
-            bias = self.guard.step_layer(slot, attention)
-        if bias is None:
+            action = self.guard.step_layer(slot, signals.image_attention(probs, positions, valid))
+        if action is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        mask = steering.add_key_bias(attention_mask, bias, key.shape[-2], query.dtype)
-        return self.base(module, query, key, value, mask, **kwargs)
+        if action.bias is not None:
+            mask = steering.add_key_bias(attention_mask, action.bias, key.shape[-2], query.dtype)
+            return self.base(module, query, key, value, mask, **kwargs)
+        return _attend(action.edit(probs), value, query.dtype)
+
+
+def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output ``[B, 1, H, D]`` and weights ``[B, H, 1, kv]`` of edited probabilities ``[B, H_kv, G, kv]``."""
+    probs = probs.to(dtype)
+    out = torch.matmul(probs, value)  # [B, H_kv, G, D]
+    return rearrange(out, "b kv g d -> b 1 (kv g) d"), rearrange(probs, "b kv g k -> b (kv g) 1 k")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "COMBINED_WEIGHTS", "PAPER_WEIGHTS", "D_STAR", "border_mask", "combine", "fuse",
-    "fusion_weights", "layer_scores", "minmax", "refine",
+    "fusion_weights", "layer_scores", "minmax", "refine", "refine_map", "above_percentile",
 ]
 
 COMBINED_WEIGHTS: dict[str, float] = {"boundary": 0.25, "spectral": 0.30, "smooth": 0.15, "focus": 0.20, "position": 0.10}
@@ -32,7 +32,7 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
-def _band(h: int, w: int, band: int) -> int:
+def band_width(h: int, w: int, band: int) -> int:
     """Border band thickness clamped so that an interior remains: min(band, (min(h, w) - 1) // 2)."""
     return max(0, min(band, (min(h, w) - 1) // 2))
 
@@ -72,7 +72,7 @@ def _boundary(a: Tensor) -> Tensor:
     gives 1; only the interior mean < 1e-6 gives r = inf, hence 0.
     """
     H, W = a.shape[-2:]
-    b = _band(H, W, 2)
+    b = band_width(H, W, 2)
     if b == 0:
         return a.new_ones(a.shape[:-2])
     m = border_mask(H, W, b, a.device).to(a.dtype)
@@ -177,16 +177,16 @@ def _mean_filter(x: Tensor, k: int) -> Tensor:
     return F.avg_pool2d(y, k, stride=1).reshape(x.shape)
 
 
-def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 5), border: int = 2,
-           border_scale: float = 0.5, percentile: float = 0.4, *, check_finite: bool = True) -> Tensor:
-    """Turn a fused map [..., H, W] into anchor weights in [0, 1] (spec 1.5), float32, same shape.
+def refine_map(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 5), border: int = 2,
+               border_scale: float = 0.5, *, check_finite: bool = True) -> Tensor:
+    """Steps of :func:`refine` up to (and including) the min-max before the percentile cut.
 
     min-max -> z-score (population std; 0 if std < 1e-12) * enhance -> sigmoid -> k1 x k1 mean filter
     (replicate) -> border band of b = min(border, (min(H,W)-1)//2) * border_scale -> k2 x k2 mean filter
-    (replicate) -> min-max -> values strictly below the `percentile` quantile (linear) set to 0 -> min-max.
-    A constant map (max - min < 1e-12) refines to 0.5 everywhere: its z-score is 0, and the border band,
-    which would otherwise imprint a centre bias on a map that carries no information, is skipped for it.
-    Raises ValueError on NaN/inf input unless ``check_finite=False`` (which skips that host sync).
+    (replicate) -> min-max. A constant map (max - min < 1e-12) gives 0.5 everywhere: its z-score is 0,
+    and the border band, which would otherwise imprint a centre bias on a map that carries no
+    information, is skipped for it. Raises ValueError on NaN/inf input unless ``check_finite=False``
+    (which skips that host sync).
     """
     x = fused.float()
     if check_finite:
@@ -198,10 +198,24 @@ def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 
     std = x.std((-2, -1), correction=0, keepdim=True)
     z = torch.where(std < _EPS, torch.zeros_like(x), (x - mean) / std.clamp_min(_EPS))
     x = _mean_filter(torch.sigmoid(z * enhance), kernels[0])
-    b = _band(H, W, border)
+    b = band_width(H, W, border)
     if b > 0:
         x = torch.where(border_mask(H, W, b, x.device), x * border_scale, x)
     x = minmax(_mean_filter(x, kernels[1]))
+    return torch.where(const, torch.full_like(x, 0.5), x)
+
+
+def above_percentile(x: Tensor, percentile: float = 0.4) -> Tensor:
+    """Bool [..., H, W]: values not below the ``percentile`` quantile (linear) of their map."""
+    H, W = x.shape[-2:]
     q = torch.quantile(x.reshape(*x.shape[:-2], H * W), percentile, dim=-1, keepdim=True)
-    x = torch.where(x < q[..., None], torch.zeros_like(x), x)
-    return torch.where(const, torch.full_like(x, 0.5), minmax(x))
+    return x >= q[..., None]
+
+
+def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 5), border: int = 2,
+           border_scale: float = 0.5, percentile: float = 0.4, *, check_finite: bool = True) -> Tensor:
+    """Turn a fused map [..., H, W] into anchor weights in [0, 1] (spec 1.5), float32, same shape:
+    :func:`refine_map`, then values strictly below the ``percentile`` quantile set to 0, then min-max.
+    A constant map refines to 0.5 everywhere."""
+    x = refine_map(fused, enhance, kernels, border, border_scale, check_finite=check_finite)
+    return minmax(torch.where(above_percentile(x, percentile), x, torch.zeros_like(x)))

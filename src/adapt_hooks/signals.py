@@ -12,24 +12,20 @@ from einops import rearrange
 _TINY = 1e-30
 
 
-def image_attention(
+def attention_probs(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float,
-    positions: torch.Tensor,
-    valid: torch.Tensor,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Head-mean post-softmax attention of a single new query on each image key, ``[B, N]`` float32.
+    """Post-softmax attention of a single new query over all keys, ``[B, H_kv, G, kv]`` float32.
 
-    ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]`` (grouped-query heads are matched
-    without copying the keys); the softmax runs over all keys, so the result is the share of the
-    full attention row that lands on each image token (0 where ``valid`` is False).
+    ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]``; query head ``h`` reads kv head
+    ``h // G`` (transformers' ``repeat_kv`` order), matched without copying the keys.
     """
-    batch, heads = query.shape[:2]
+    heads = query.shape[1]
     kv_heads = key.shape[1]
-    # query head h reads kv head h // group (transformers' repeat_kv order)
     grouped = rearrange(query, "b (kv g) 1 d -> b kv g d", kv=kv_heads)
     logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [B, H_kv, G, kv]
     if softcap is not None:
@@ -37,13 +33,18 @@ def image_attention(
     if attention_mask is not None:
         mask = attention_mask[..., -1:, : key.shape[-2]]  # [B, 1 | H, 1, kv]
         if mask.shape[1] != 1:
-            mask = mask.reshape(batch, kv_heads, heads // kv_heads, -1)
+            mask = rearrange(mask, "b (kv g) 1 k -> b kv g k", kv=kv_heads, g=heads // kv_heads)
         if mask.dtype == torch.bool:
             logits = logits.masked_fill(~mask, float("-inf"))
         else:
             logits = logits + mask.float()
-    probs = torch.softmax(logits, dim=-1).mean(dim=(1, 2))  # [B, kv]
-    return probs.gather(1, positions) * valid
+    return torch.softmax(logits, dim=-1)
+
+
+def image_attention(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Head-mean attention on each image key, ``[B, N]`` (0 where ``valid`` is False): the share of
+    the full attention row that lands on each image token."""
+    return probs.mean(dim=(1, 2)).gather(1, positions) * valid
 
 
 def normalise(attention: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Steering (spec section 3): bias the pre-softmax logits of image keys toward the anchor.
+"""Steering (spec section 3): pull a drifted (row, layer) back toward the anchor.
 
-The default "logprior" mode adds ``α · log(w + ε)`` to every head's logits of the image keys of
-a gated (row, layer); text keys are untouched and the softmax runs over all keys as usual. The
-bias is built once per prompt and applied as an additive attention mask, so the original
-attention kernel does the work.
+``"logprior"`` (default) adds ``α · log(w + ε)`` to every head's pre-softmax logits of the image
+keys; the bias is built once per prompt and applied as an additive attention mask, so the original
+attention kernel does the work. ``"blend"`` and ``"redistribute"`` edit the post-softmax
+probabilities of the image keys. Everything is a pure tensor function, gated per row on the device.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from .adapters import ImageLayout
+
+MODES = ("logprior", "blend", "redistribute")
 
 
 def logprior(weights: torch.Tensor, layout: ImageLayout, alpha: float, eps: float) -> torch.Tensor:
@@ -40,3 +42,39 @@ def add_key_bias(
     else:
         combined = (mask.float() + bias).clamp_min(lowest)
     return combined.to(dtype)
+
+
+def blend_gain(hhi: torch.Tensor, hhi_anchor: torch.Tensor) -> torch.Tensor:
+    """``g = clamp(0.4 · clamp(1 − HHI_t / HHI_anchor, 0, 1), 0, 1)``: how much to blend."""
+    return (0.4 * (1 - hhi / hhi_anchor.clamp_min(1e-30)).clamp(0, 1)).clamp(0, 1)
+
+
+def _edit_image_keys(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``probs`` ``[B, H_kv, G, kv]`` with its image-key entries replaced by ``new`` ``[B, H_kv, G, N]``."""
+    index = positions[:, None, None, :].expand_as(new)
+    delta = (new - probs.gather(-1, index)) * valid[:, None, None, :]
+    return probs.scatter_add(-1, index, delta)  # padding slots add 0, so duplicates are harmless
+
+
+def blend(
+    probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, target: torch.Tensor, gain: torch.Tensor
+) -> torch.Tensor:
+    """Per head, move the image-key distribution toward ``target`` (``[B, N]``, sums to 1 per row):
+    ``a ← m · ((1 − g) â + g · target)``, keeping each head's image mass ``m`` (so rows still sum
+    to 1); ``gain`` ``[B]`` is 0 on rows that are not steered."""
+    image = probs.gather(-1, positions[:, None, None, :].expand(*probs.shape[:-1], -1)) * valid[:, None, None, :]
+    mass = image.sum(-1, keepdim=True)
+    g = gain[:, None, None, None]
+    new = (1 - g) * image + g * mass * target[:, None, None, :]
+    return _edit_image_keys(probs, positions, valid, new)
+
+
+def redistribute(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per head, zero the image keys outside ``keep`` (``[B, N]`` bool; all True on rows that are not
+    steered) and give their mass back to the kept image keys in proportion; clamp to [0, 1]."""
+    image = probs.gather(-1, positions[:, None, None, :].expand(*probs.shape[:-1], -1)) * valid[:, None, None, :]
+    kept = image * keep[:, None, None, :]
+    removed = (image - kept).sum(-1, keepdim=True)
+    total = kept.sum(-1, keepdim=True)
+    new = torch.where(total > 0, kept + removed * kept / total.clamp_min(1e-30), image).clamp(0, 1)
+    return _edit_image_keys(probs, positions, valid, new)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -70,6 +72,41 @@ class ImageLayout:
     @property
     def any_image(self) -> bool:
         return any(len(g) > 0 for g in self.grids)
+
+    @property
+    def grid_shapes(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per row, the ``(height, width)`` of each grid."""
+        return tuple(tuple((g.height, g.width) for g in row) for row in self.grids)
+
+    @cached_property
+    def shape_groups(self) -> dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]:
+        """Grids grouped by shape for batched per-grid maths: ``(h, w) -> (rows [G], keys [G, h*w])``,
+        ``keys`` indexing the flat image keys of each grid's row. Built once, on the layout's device."""
+        members: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+        for b, grids in enumerate(self.grids):
+            for g in grids:
+                members[(g.height, g.width)].append((b, g.offset))
+        device = self.positions.device
+        groups = {}
+        for (h, w), found in members.items():
+            rows = torch.tensor([b for b, _ in found], device=device)
+            offsets = torch.tensor([o for _, o in found], device=device)
+            groups[(h, w)] = (rows, offsets[:, None] + torch.arange(h * w, device=device))
+        return groups
+
+    @cached_property
+    def grids_per_row(self) -> torch.Tensor:
+        """``[B]`` float: number of grids of each row (at least 1, to divide by)."""
+        counts = [max(len(g), 1) for g in self.grids]
+        return torch.tensor(counts, device=self.positions.device, dtype=torch.float32)
+
+    @staticmethod
+    def single_grid(batch: int, height: int, width: int, device: torch.device | None = None) -> ImageLayout:
+        """A layout of ``batch`` rows of one ``height x width`` grid each, keys ``0 .. h*w - 1``."""
+        n = height * width
+        positions = torch.arange(n, device=device).expand(batch, n)
+        valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+        return ImageLayout(positions, valid, ((Grid(0, height, width),),) * batch, n)
 
 
 class Adapter:

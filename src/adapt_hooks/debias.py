@@ -1,0 +1,120 @@
+"""Spatial-bias correction (spec section 1.4): a per-grid mask that damps image tokens which draw
+attention even on content-free images (attention sinks, border bias)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import persistence
+
+KIND = "debias-mask"
+
+
+class DebiasMask:
+    """``M_debias`` per grid shape: ``M_i = min(1, (1/N) / B_i)`` with ``B`` the mean fused anchor of
+    the model on noise images, normalised to sum 1. Multiply a fused anchor map by it (``apply``)."""
+
+    def __init__(self, masks: Mapping[tuple[int, int], torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+        if not masks:
+            raise ValueError("A DebiasMask needs at least one grid mask.")
+        self.masks = {tuple(map(int, shape)): m.float() for shape, m in masks.items()}
+        for (h, w), m in self.masks.items():
+            if m.shape != (h, w):
+                raise ValueError(f"Debias mask for grid {h}x{w} has shape {tuple(m.shape)}.")
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_bias(cls, bias: Mapping[tuple[int, int], torch.Tensor], meta: Mapping[str, Any] | None = None) -> DebiasMask:
+        """The mask of measured bias maps ``B`` (any positive scale; normalised here)."""
+        masks = {}
+        for shape, b in bias.items():
+            b = b.float() / b.float().sum().clamp_min(1e-30)
+            masks[shape] = ((1.0 / b.numel()) / b.clamp_min(1e-30)).clamp(max=1.0)
+        return cls(masks, meta)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{h}x{w}" for h, w in self.masks)
+        return f"DebiasMask(grids=[{shapes}], model_type={self.meta.get('model_type')!r}, n={self.meta.get('n')})"
+
+    def check(self, shape: tuple[int, int]) -> None:
+        """Raise a ``ValueError`` unless the mask covers grids of ``shape``."""
+        if tuple(shape) not in self.masks:
+            known = ", ".join(f"{h}x{w}" for h, w in self.masks)
+            raise ValueError(
+                f"This debias mask was estimated for grids {known}, not {shape[0]}x{shape[1]}: estimate one for this "
+                "model and image layout with adapt_hooks.estimate_debias_mask(...)."
+            )
+
+    def apply(self, fused: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """``fused ⊙ M`` for maps ``[..., h, w]`` of grid ``shape``."""
+        self.check(shape)
+        return fused * self.masks[tuple(shape)].to(fused.device)
+
+    def save(self, path: str | os.PathLike) -> None:
+        persistence.save(path, KIND, {f"{h}x{w}": m for (h, w), m in self.masks.items()}, self.meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DebiasMask:
+        tensors, meta = persistence.load(path, KIND, ())
+        try:
+            masks = {tuple(int(v) for v in name.split("x")): t for name, t in tensors.items()}
+        except ValueError as error:
+            raise ValueError(f"{os.fspath(path)!r} has a tensor that is not named HxW: {list(tensors)}.") from error
+        return cls(masks, meta)
+
+
+def estimate_debias_mask(
+    model: nn.Module,
+    inputs_builder: Callable[[], Mapping[str, torch.Tensor]],
+    n: int = 8,
+    *,
+    seed: int = 0,
+    k: int = 5,
+    layers=None,
+) -> DebiasMask:
+    """Run ``model`` on ``n`` Gaussian-noise images and turn the mean of their fused anchors into a
+    :class:`DebiasMask` (spec 1.4).
+
+    ``inputs_builder()`` returns the model inputs of one prompt with an image (e.g. the processor's
+    output for any image and a generic prompt such as "Describe the image."); its ``pixel_values``
+    are replaced by N(0, 1) noise in normalised pixel space, seeded by ``seed``.
+    """
+    from .anchor import Anchor
+    from .guard import guard
+    from .monitor import DriftMonitor
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"estimate_debias_mask(n=...) must be a positive integer, got {n!r}.")
+    generator = torch.Generator().manual_seed(seed)
+    sums: dict[tuple[int, int], torch.Tensor] = {}
+    counts: dict[tuple[int, int], int] = {}
+    for _ in range(n):
+        inputs = dict(inputs_builder())
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            raise ValueError("inputs_builder() must return inputs with `pixel_values` (a prompt with an image).")
+        noise = torch.randn(pixels.shape, generator=generator).to(device=pixels.device, dtype=pixels.dtype)
+        inputs["pixel_values"] = noise
+        with torch.no_grad(), guard(model, anchor=Anchor(k), monitor=DriftMonitor(steer=False, history=False), layers=layers) as run:
+            model.generate(**inputs, max_new_tokens=k + 1, do_sample=False, min_new_tokens=k + 1)
+        anchor = run.anchor
+        if anchor.fused is None:
+            raise ValueError("The noise prompt produced no anchor: does inputs_builder() put image tokens in the prompt?")
+        for b, grids in enumerate(anchor.layout.grids):
+            for i, g in enumerate(grids):
+                fused = anchor.grid(b, i, anchor.fused).detach().cpu()
+                sums[(g.height, g.width)] = sums.get((g.height, g.width), 0) + fused / fused.sum().clamp_min(1e-30)
+                counts[(g.height, g.width)] = counts.get((g.height, g.width), 0) + 1
+    meta = {
+        "model_type": model.config.model_type,
+        "grids": [f"{h}x{w}" for h, w in sums],
+        "n": n,
+        "seed": seed,
+        "k": k,
+    }
+    return DebiasMask.from_bias({shape: total / counts[shape] for shape, total in sums.items()}, meta)

@@ -1,0 +1,57 @@
+"""Pictures of an anchor: the anchor-enhanced (VE) image of spec section 4 and a heat-map overlay.
+
+The anchor grid is upsampled bicubically onto the image, or onto ``box`` (left, top, right,
+bottom) when the model only saw a crop of it (e.g. a centre crop); outside the box the VE image is
+white. Placement is approximate for processors that pad or tile: pass the box of the region the
+grid covers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _mask(grid: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:
+    """The grid as a [H, W] mask in [0, 1] over an image of ``size`` = (width, height)."""
+    width, height = size
+    left, top, right, bottom = box or (0, 0, width, height)
+    inner = F.interpolate(grid.float().cpu()[None, None], size=(bottom - top, right - left), mode="bicubic", align_corners=False)
+    mask = torch.zeros(height, width)
+    mask[top:bottom, left:right] = inner[0, 0].clamp(0, 1)
+    return mask
+
+
+def _to_tensor(image) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy())
+
+
+def _to_image(pixels: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
+
+
+def enhance(image, grid: torch.Tensor, box=None):
+    """``I ⊙ m + white ⊙ (1 − m)`` with ``m`` the upsampled anchor grid (PIL in, PIL out)."""
+    pixels = _to_tensor(image)
+    mask = _mask(grid, image.size, box)[..., None]
+    return _to_image(pixels * mask + 255.0 * (1 - mask))
+
+
+def colormap(values: torch.Tensor) -> torch.Tensor:
+    """[H, W] in [0, 1] -> [H, W, 3] RGB in [0, 255]: blue, cyan, yellow, red."""
+    stops = torch.tensor([[0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0]], dtype=torch.float32)
+    position = values.clamp(0, 1) * (len(stops) - 1)
+    low = position.floor().long().clamp(max=len(stops) - 2)
+    frac = (position - low)[..., None]
+    return stops[low] * (1 - frac) + stops[low + 1] * frac
+
+
+def heatmap(image, grid: torch.Tensor, box=None, opacity: float = 0.5):
+    """``image`` blended with the colour-mapped anchor (``opacity`` of the heat map)."""
+    pixels = _to_tensor(image)
+    colours = colormap(_mask(grid, image.size, box))
+    return _to_image(pixels * (1 - opacity) + colours * opacity)
