@@ -118,6 +118,11 @@ def test_ve_image_and_heatmap():
     boxed = torch.tensor(list(anchor.to_image(image, box=(20, 0, 40, 20)).getdata()), dtype=torch.float32).view(20, 40, 3)
     assert torch.allclose(boxed[:, :16], torch.tensor([255.0, 255, 255]), atol=1)  # outside the box: white
     assert torch.allclose(boxed[:, 20:24], torch.tensor([10.0, 120, 200]), atol=1)
+    tiles = Anchor.from_weights(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), [[(1, 2), (1, 2)]])  # two 1x2 grids
+    both = tiles.to_image(image, index=None, box=[(0, 0, 20, 20), (20, 0, 40, 20)])
+    assert both.getpixel((5, 10)) == (10, 120, 200) and both.getpixel((35, 10)) == (255, 255, 255)
+    with pytest.raises(ValueError, match="one box per grid"):
+        tiles.to_image(image, index=None)
     heat = anchor.heatmap(image, opacity=1.0)
     assert heat.size == image.size and heat.getpixel((2, 10)) == (255, 0, 0) and heat.getpixel((38, 10)) == (0, 0, 255)
 

@@ -216,17 +216,30 @@ class Anchor:
         g = self.layout.grids[row][index]
         return values[row, g.offset : g.offset + g.size].reshape(g.height, g.width)
 
-    def to_image(self, image, row: int = 0, index: int = 0, box=None):
-        """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (spec 4)."""
+    def to_image(self, image, row: int = 0, index: int | None = 0, box=None):
+        """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (spec 4).
+
+        ``m`` is grid ``index`` of ``row`` placed on ``box`` (default: the whole image); with
+        ``index=None``, every grid of the row, each on its own box of the list ``box`` (e.g. the
+        tiles of a tiled image; where boxes overlap the larger weight wins).
+        """
         from .visual import enhance
 
-        return enhance(image, self.grid(row, index), box=box)
+        return enhance(image, *self._placed(row, index, box))
 
-    def heatmap(self, image, row: int = 0, index: int = 0, box=None, opacity: float = 0.5):
-        """``image`` with the anchor of one grid overlaid as a heat map (PIL image)."""
+    def heatmap(self, image, row: int = 0, index: int | None = 0, box=None, opacity: float = 0.5):
+        """``image`` with the anchor overlaid as a heat map (PIL image); grids and boxes as in :meth:`to_image`."""
         from .visual import heatmap
 
-        return heatmap(image, self.grid(row, index), box=box, opacity=opacity)
+        return heatmap(image, *self._placed(row, index, box), opacity=opacity)
+
+    def _placed(self, row: int, index: int | None, box) -> tuple[list[torch.Tensor], list]:
+        if index is not None:
+            return [self.grid(row, index)], [box]
+        grids = [self.grid(row, i) for i in range(len(self.layout.grids[row]))]
+        if box is None or len(box) != len(grids):
+            raise ValueError(f"index=None places all {len(grids)} grids of row {row}: pass one box per grid.")
+        return grids, list(box)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 
-def _mask(grid: torch.Tensor, size: tuple[int, int], box) -> torch.Tensor:
-    """The grid as a [H, W] mask in [0, 1] over an image of ``size`` = (width, height)."""
+def _mask(grids: list[torch.Tensor], size: tuple[int, int], boxes: list) -> torch.Tensor:
+    """The grids, each upsampled onto its box, as one [H, W] mask in [0, 1] over an image of
+    ``size`` = (width, height); 0 outside every box, the larger value where boxes overlap."""
     width, height = size
-    left, top, right, bottom = box or (0, 0, width, height)
-    inner = F.interpolate(grid.float().cpu()[None, None], size=(bottom - top, right - left), mode="bicubic", align_corners=False)
     mask = torch.zeros(height, width)
-    mask[top:bottom, left:right] = inner[0, 0].clamp(0, 1)
+    for grid, box in zip(grids, boxes):
+        left, top, right, bottom = box or (0, 0, width, height)
+        inner = F.interpolate(grid.float().cpu()[None, None], size=(bottom - top, right - left), mode="bicubic", align_corners=False)
+        region = mask[top:bottom, left:right]
+        mask[top:bottom, left:right] = torch.maximum(region, inner[0, 0].clamp(0, 1))
     return mask
 
 
@@ -34,10 +37,10 @@ def _to_image(pixels: torch.Tensor):
     return Image.fromarray(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
 
 
-def enhance(image, grid: torch.Tensor, box=None):
-    """``I ⊙ m + white ⊙ (1 − m)`` with ``m`` the upsampled anchor grid (PIL in, PIL out)."""
+def enhance(image, grids: list[torch.Tensor], boxes: list):
+    """``I ⊙ m + white ⊙ (1 − m)`` with ``m`` the upsampled anchor grids (PIL in, PIL out)."""
     pixels = _to_tensor(image)
-    mask = _mask(grid, image.size, box)[..., None]
+    mask = _mask(grids, image.size, boxes)[..., None]
     return _to_image(pixels * mask + 255.0 * (1 - mask))
 
 
@@ -50,8 +53,8 @@ def colormap(values: torch.Tensor) -> torch.Tensor:
     return stops[low] * (1 - frac) + stops[low + 1] * frac
 
 
-def heatmap(image, grid: torch.Tensor, box=None, opacity: float = 0.5):
-    """``image`` blended with the colour-mapped anchor (``opacity`` of the heat map)."""
+def heatmap(image, grids: list[torch.Tensor], boxes: list, opacity: float = 0.5):
+    """``image`` blended with the colour-mapped anchor grids (``opacity`` of the heat map)."""
     pixels = _to_tensor(image)
-    colours = colormap(_mask(grid, image.size, box))
+    colours = colormap(_mask(grids, image.size, boxes))
     return _to_image(pixels * (1 - opacity) + colours * opacity)
