@@ -179,3 +179,15 @@ def test_debias_mask_for_another_layout_is_refused():
     with pytest.raises(ValueError, match="estimated for grids 8x8, not 4x4"):
         with adapt_hooks.guard(model, anchor=Anchor(debias=mask)):
             generate(model, tiny_inputs(model, 1))
+
+
+def test_debias_mask_from_a_processor():
+    from adapt_hooks.tiny.llava import processor
+
+    model = _model("llava", "sdpa")
+    mask = adapt_hooks.estimate_debias_mask(model, processor(), n=2, prompt="describe the image .")
+    assert set(mask.masks) == {(8, 8)}
+    m = mask.masks[(8, 8)]
+    assert (m > 0).all() and (m <= 1).all() and (m < 1).any()
+    with pytest.raises(TypeError, match="processor or a callable"):
+        adapt_hooks.estimate_debias_mask(model, "not a processor")

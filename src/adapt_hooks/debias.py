@@ -68,11 +68,28 @@ class DebiasMask:
         return cls(masks, meta)
 
 
+def processor_inputs(processor, prompt: str = "Describe the image.") -> Callable[[], Mapping[str, torch.Tensor]]:
+    """An inputs builder from a transformers processor: ``prompt`` with one grey image of the
+    processor's input size, through the processor's chat template when it has one."""
+    from PIL import Image
+
+    size = getattr(processor.image_processor, "crop_size", None) or getattr(processor.image_processor, "size", None) or {}
+    side = size.get("height") or size.get("shortest_edge") or 336
+    image = Image.new("RGB", (size.get("width", side), side), (128, 128, 128))
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        text = f"{getattr(processor, 'image_token', '<image>')} {prompt}"
+    return lambda: processor(images=image, text=text, return_tensors="pt")
+
+
 def estimate_debias_mask(
     model: nn.Module,
-    inputs_builder: Callable[[], Mapping[str, torch.Tensor]],
+    processor_or_inputs_builder,
     n: int = 8,
     *,
+    prompt: str = "Describe the image.",
     seed: int = 0,
     k: int = 5,
     layers=None,
@@ -80,10 +97,16 @@ def estimate_debias_mask(
     """Run ``model`` on ``n`` Gaussian-noise images and turn the mean of their fused anchors into a
     :class:`DebiasMask` (spec 1.4).
 
-    ``inputs_builder()`` returns the model inputs of one prompt with an image (e.g. the processor's
-    output for any image and a generic prompt such as "Describe the image."); its ``pixel_values``
-    are replaced by N(0, 1) noise in normalised pixel space, seeded by ``seed``.
+    The second argument is the model's processor (used with ``prompt`` and a grey image) or a
+    callable returning the inputs of one prompt with an image; either way the ``pixel_values`` are
+    replaced by N(0, 1) noise in normalised pixel space, seeded by ``seed``.
     """
+    if hasattr(processor_or_inputs_builder, "image_processor"):
+        inputs_builder = processor_inputs(processor_or_inputs_builder, prompt)
+    elif callable(processor_or_inputs_builder):
+        inputs_builder = processor_or_inputs_builder
+    else:
+        raise TypeError("estimate_debias_mask() needs the model's processor or a callable returning model inputs.")
     from .anchor import Anchor
     from .guard import guard
     from .monitor import DriftMonitor
@@ -97,9 +120,11 @@ def estimate_debias_mask(
         inputs = dict(inputs_builder())
         pixels = inputs.get("pixel_values")
         if pixels is None:
-            raise ValueError("inputs_builder() must return inputs with `pixel_values` (a prompt with an image).")
-        noise = torch.randn(pixels.shape, generator=generator).to(device=pixels.device, dtype=pixels.dtype)
-        inputs["pixel_values"] = noise
+            raise ValueError("The inputs must have `pixel_values` (a prompt with an image).")
+        device = next(model.parameters()).device
+        inputs = {name: v.to(device) if isinstance(v, torch.Tensor) else v for name, v in inputs.items()}
+        noise = torch.randn(pixels.shape, generator=generator)
+        inputs["pixel_values"] = noise.to(device=device, dtype=next(model.parameters()).dtype)
         with torch.no_grad(), guard(model, anchor=Anchor(k), monitor=DriftMonitor(steer=False, history=False), layers=layers) as run:
             model.generate(**inputs, max_new_tokens=k + 1, do_sample=False, min_new_tokens=k + 1)
         anchor = run.anchor

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-PAD, BOS, EOS, IMAGE, VIDEO, VISION_START, VISION_END = 0, 1, 2, 3, 4, 5, 6
+PAD, BOS, EOS, IMAGE, VIDEO, VISION_START, VISION_END, UNK = 0, 1, 2, 3, 4, 5, 6, 7
 VOCAB = 64
 FIRST_TEXT_ID = 10
 

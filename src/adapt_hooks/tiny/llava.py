@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BOS, IMAGE, PAD, TEXT, left_pad, text_tokens
+from ._common import BOS, EOS, FIRST_TEXT_ID, IMAGE, PAD, TEXT, UNK, left_pad, text_tokens
 
 MODEL_TYPE = "llava"
 IMAGE_SIZE, PATCH = 48, 6
@@ -32,3 +32,37 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
     if images:
         out["pixel_values"] = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
     return out
+
+
+#: Words of the tiny processor's vocabulary (ids from FIRST_TEXT_ID on, in this order).
+WORDS = "describe the image . user assistant : what is in".split()
+
+
+def processor():
+    """A real ``LlavaProcessor`` for the tiny LLaVA: CLIP image processing at 48 px and a
+    word-level tokenizer over :data:`WORDS`, with a chat template ("user : <image> ... assistant :")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+
+    try:  # transformers >= 5.2x name of the torchvision-free image processor
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - older transformers
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    vocab = {"<pad>": PAD, "<s>": BOS, "</s>": EOS, "<image>": IMAGE, "<unk>": UNK}
+    vocab.update({word: FIRST_TEXT_ID + i for i, word in enumerate(WORDS)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"}, padding_side="left",
+    )
+    images = ImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    template = (
+        "{% for m in messages %}user : {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} assistant :"
+    )
+    return LlavaProcessor(
+        image_processor=images, tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=template,
+    )
