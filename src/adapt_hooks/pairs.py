@@ -1,0 +1,133 @@
+"""VAG-DPO training pairs (spec section 4): the chosen response sees the anchor-enhanced (VE)
+image, the rejected one a noise-injected ("blind") image; a collator turns records into the
+``[chosen; rejected]`` batch that :func:`adapt_hooks.sequence_logps` consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .anchor import Anchor
+
+NOISE_STEPS, NOISE_STEP = 1000, 500
+
+
+def cumulative_alpha(step: int = NOISE_STEP, steps: int = NOISE_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02) -> float:
+    """``ᾱ_t = Π_{s=1..t} (1 − β_s)`` of a linear β schedule over ``steps`` diffusion steps."""
+    if not 0 <= step <= steps:
+        raise ValueError(f"noise step must lie in 0..{steps}, got {step}.")
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    return float(torch.prod(1 - betas[:step]))
+
+
+def add_noise(pixels: torch.Tensor, step: int = NOISE_STEP, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Diffusion forward noise ``sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`` on ``x`` in [-1, 1]."""
+    alpha = cumulative_alpha(step)
+    noise = torch.randn(pixels.shape, generator=generator)
+    return alpha**0.5 * pixels + (1 - alpha) ** 0.5 * noise
+
+
+def noise_image(image, step: int = NOISE_STEP, generator: torch.Generator | None = None):
+    """The noise-injected ("blind") PIL image: pixels mapped to [-1, 1], noised, mapped back and clipped."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1)
+    noisy = (add_noise(pixels, step, generator) + 1) * 127.5
+    return Image.fromarray(noisy.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
+
+
+def make_vagdpo_pair(image, anchor: Anchor | torch.Tensor, *, step: int = NOISE_STEP, seed: int | None = 0, row: int = 0, box=None):
+    """``(VE image, noise-injected image)`` of a PIL ``image``: the anchor (an :class:`Anchor`, or
+    one ``[H, W]`` grid of weights in [0, 1]) upsampled onto it, and diffusion noise at ``step``
+    of 1000 (seeded: the same seed gives the same noise)."""
+    if not isinstance(anchor, Anchor):
+        anchor = Anchor.from_weights(torch.as_tensor(anchor, dtype=torch.float32))
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return anchor.to_image(image, row=row, box=box), noise_image(image, step, generator)
+
+
+@torch.no_grad()
+def compute_anchor(model: nn.Module, inputs: Mapping[str, torch.Tensor], anchor: Anchor | None = None) -> Anchor:
+    """The anchor of one prompt: ``k + 1`` greedy tokens under an observe-only guard."""
+    from .guard import guard
+    from .monitor import DriftMonitor
+
+    anchor = anchor or Anchor()
+    with guard(model, anchor=anchor, monitor=DriftMonitor(steer=False, history=False)):
+        model.generate(**inputs, max_new_tokens=anchor.k + 1, min_new_tokens=anchor.k + 1, do_sample=False)
+    if anchor.weights is None:
+        raise ValueError("No anchor: the prompt has no image tokens.")
+    return anchor
+
+
+class VAGDPOCollator:
+    """Records ``{"image", "question", "chosen", "rejected", "anchor"}`` -> a ``[chosen; rejected]``
+    batch: the processor's inputs for (VE image, question + chosen answer) rows then (noise image,
+    question + rejected answer) rows, right-padded, with a ``response_mask`` on the answer tokens
+    (and the end-of-sequence token). ``anchor`` is an :class:`Anchor` or an ``[H, W]`` grid.
+
+    The question goes through the processor's chat template (if it has one) with the image; the
+    answer is tokenised on its own and appended, so prompt and answer never merge into one token.
+    Per-token processor outputs other than ``input_ids``/``attention_mask`` (e.g.
+    ``mm_token_type_ids``) are extended with zeros over the answer.
+    """
+
+    def __init__(self, processor, *, step: int = NOISE_STEP, seed: int = 0, add_eos: bool = True) -> None:
+        self.processor = processor
+        self.step = step
+        self.seed = seed
+        self.add_eos = add_eos
+        self._calls = 0
+
+    def prompt(self, question: str) -> str:
+        if getattr(self.processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        return f"{getattr(self.processor, 'image_token', '<image>')} {question}"
+
+    def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        missing = [key for key in ("image", "question", "chosen", "rejected", "anchor") if key not in records[0]]
+        if missing:
+            raise ValueError(f"VAG-DPO records need keys image, question, chosen, rejected, anchor; missing {missing}.")
+        ve, blind = [], []
+        for i, record in enumerate(records):
+            pair = make_vagdpo_pair(record["image"], record["anchor"], step=self.step, seed=self.seed + 7919 * self._calls + i)
+            ve.append(pair[0])
+            blind.append(pair[1])
+        self._calls += 1
+        prompts = [self.prompt(r["question"]) for r in records] * 2
+        tokenizer = self.processor.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "right"
+        try:
+            encoded = self.processor(images=ve + blind, text=prompts, padding=True, return_tensors="pt")
+        finally:
+            tokenizer.padding_side = side
+        answers = [r["chosen"] for r in records] + [r["rejected"] for r in records]
+        return _append_answers(dict(encoded), answers, tokenizer, self.add_eos)
+
+
+def _append_answers(encoded: dict[str, torch.Tensor], answers: list[str], tokenizer, add_eos: bool) -> dict[str, torch.Tensor]:
+    """Append each row's answer tokens after its (right-padded) prompt; re-pad; mark the answers."""
+    ids, attention = encoded["input_ids"], encoded["attention_mask"]
+    lengths = attention.sum(-1).tolist()
+    answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if add_eos else []) for a in answers]
+    width = max(n + len(a) for n, a in zip(lengths, answer_ids))
+    per_token = [k for k, v in encoded.items() if isinstance(v, torch.Tensor) and v.shape[:2] == ids.shape and k not in ("input_ids", "attention_mask")]
+    out = {k: v for k, v in encoded.items() if k not in per_token + ["input_ids", "attention_mask"]}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    new_ids = torch.full((len(answers), width), pad, dtype=ids.dtype)
+    new_attention = torch.zeros((len(answers), width), dtype=attention.dtype)
+    response = torch.zeros((len(answers), width), dtype=torch.bool)
+    extended = {k: torch.zeros((len(answers), width), dtype=encoded[k].dtype) for k in per_token}
+    for b, (n, answer) in enumerate(zip(lengths, answer_ids)):
+        new_ids[b, :n] = ids[b, :n]
+        new_ids[b, n : n + len(answer)] = torch.tensor(answer, dtype=ids.dtype)
+        new_attention[b, : n + len(answer)] = 1
+        response[b, n : n + len(answer)] = True
+        for k in per_token:
+            extended[k][b, :n] = encoded[k][b, :n]
+    return {**out, **extended, "input_ids": new_ids, "attention_mask": new_attention, "response_mask": response}
