@@ -17,6 +17,7 @@ import adapt_hooks
 from adapt_hooks import DriftMonitor, signals, steering
 from adapt_hooks.adapters import ImageLayout
 from adapt_hooks.interceptor import Interceptor
+from adapt_hooks.monitor import Steer
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import generate
@@ -52,7 +53,7 @@ def test_image_attention_matches_float64_softmax(fmt):
     q, k, _ = _qk()
     masks, attend = _masks()
     mask = masks[fmt]
-    got = signals.image_attention(q, k, mask, D**-0.5, POSITIONS, VALID)
+    got = signals.image_attention(signals.attention_probs(q, k, mask, D**-0.5), POSITIONS, VALID)
     logits = _logits64(q, k, D**-0.5)
     if mask is not None:
         logits = logits.masked_fill(~attend, -math.inf)
@@ -104,7 +105,7 @@ class _FakeGuard:
 
     def step_layer(self, slot, attention):
         self.seen.append(attention)
-        return self.bias
+        return Steer(bias=self.bias)
 
 
 class _Module(nn.Module):

@@ -167,8 +167,10 @@ def test_autocast_and_gradient_checkpointing(setup):
     plain.chosen.sum().backward()
     expected = model.lm_head.weight.grad.clone()
     model.zero_grad()
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sequence_logps(model, batch).chosen.sum().backward()
     torch.testing.assert_close(model.lm_head.weight.grad, expected, rtol=1e-4, atol=1e-6)
 
