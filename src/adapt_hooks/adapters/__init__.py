@@ -5,8 +5,18 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter, Grid, GridSpec, ImageLayout
+from .aya_vision import AyaVisionAdapter
+from .gemma3 import Gemma3Adapter
+from .glm4v import Glm4vAdapter
+from .idefics3 import Idefics3Adapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
+from .mllama import MllamaAdapter
+from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_vl import Qwen3VLAdapter
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -40,7 +50,21 @@ def get_adapter(model: nn.Module) -> Adapter:
     return _REGISTRY[model_type]
 
 
-register_adapter(LlavaAdapter())
-register_adapter(Qwen2VLAdapter())
+for _adapter in (
+    LlavaAdapter(),
+    LlavaNextAdapter(),
+    LlavaOnevisionAdapter(),
+    Qwen2VLAdapter(),
+    Qwen3VLAdapter(),
+    Glm4vAdapter(),
+    Idefics3Adapter(),
+    MllamaAdapter(),
+    Gemma3Adapter(),
+    PaliGemmaAdapter(),
+    InternVLAdapter(),
+    Mistral3Adapter(),
+    AyaVisionAdapter(),
+):
+    register_adapter(_adapter)
 
 __all__ = ["Adapter", "Grid", "GridSpec", "ImageLayout", "get_adapter", "register_adapter", "supported_models"]

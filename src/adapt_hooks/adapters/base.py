@@ -29,16 +29,18 @@ class Grid:
 class GridSpec:
     """How an adapter describes one grid: ``height x width`` tokens, row-major, taken in order
     from the row's image tokens. ``row_stride`` > ``width`` skips tokens after each grid row
-    (e.g. an image-newline token that carries the image id), which are then not image keys."""
+    (e.g. an image-newline token that carries the image id) and ``trailing`` skips tokens after
+    the grid; skipped tokens are not image keys."""
 
     height: int
     width: int
     row_stride: int | None = None
+    trailing: int = 0
 
     @property
     def span(self) -> int:
         """Image tokens this grid consumes, skipped ones included."""
-        return self.height * (self.row_stride or self.width)
+        return self.height * (self.row_stride or self.width) + self.trailing
 
     def token_index(self) -> torch.Tensor:
         """Indices, relative to the grid's first token, of its ``height * width`` grid tokens."""

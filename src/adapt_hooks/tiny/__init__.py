@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import llava, qwen2_vl
+from . import aya_vision, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_vl
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -27,6 +27,8 @@ class TinyFamily:
     config: Callable[[], object]
     inputs: Callable[[nn.Module, int, bool, torch.Generator], dict[str, torch.Tensor]]
     attention: tuple[str, ...] = ATTENTION
+    #: Called on the freshly built model, e.g. to open gates the family zero-initialises.
+    prepare: Callable[[nn.Module], None] | None = None
 
 
 _FAMILIES: dict[str, TinyFamily] = {}
@@ -45,6 +47,20 @@ def model_types() -> tuple[str, ...]:
 register_tiny_family("llava", TinyFamily(llava.config, llava.inputs))
 register_tiny_family("qwen2_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_vl"), qwen2_vl.inputs))
 register_tiny_family("qwen2_5_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_5_vl"), qwen2_vl.inputs))
+register_tiny_family("qwen3_vl", TinyFamily(partial(qwen3_vl.config, "qwen3_vl"), qwen3_vl.inputs))
+register_tiny_family("qwen3_vl_moe", TinyFamily(partial(qwen3_vl.config, "qwen3_vl_moe"), qwen3_vl.inputs))
+register_tiny_family("glm4v", TinyFamily(partial(glm4v.config, "glm4v"), glm4v.inputs))
+register_tiny_family("glm4v_moe", TinyFamily(partial(glm4v.config, "glm4v_moe"), glm4v.inputs))
+register_tiny_family("llava_next", TinyFamily(partial(llava_next.config, "llava_next"), llava_next.inputs))
+register_tiny_family("llava_onevision", TinyFamily(partial(llava_next.config, "llava_onevision"), llava_next.inputs))
+register_tiny_family("idefics3", TinyFamily(partial(idefics3.config, "idefics3"), idefics3.inputs))
+register_tiny_family("smolvlm", TinyFamily(partial(idefics3.config, "smolvlm"), idefics3.inputs))
+register_tiny_family("mllama", TinyFamily(mllama.config, mllama.inputs, prepare=mllama.prepare))
+register_tiny_family("gemma3", TinyFamily(gemma3.config, gemma3.inputs, prepare=gemma3.prepare))
+register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs))
+register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
+register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
+register_tiny_family("aya_vision", TinyFamily(aya_vision.config, aya_vision.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
@@ -54,8 +70,10 @@ def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", see
     if model_type not in _FAMILIES:
         raise ValueError(f"No tiny model for {model_type!r}; available: {', '.join(model_types())}.")
     torch.manual_seed(seed)
-    config = _FAMILIES[model_type].config()
-    model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn_implementation)
+    family = _FAMILIES[model_type]
+    model = AutoModelForImageTextToText.from_config(family.config(), attn_implementation=attn_implementation)
+    if family.prepare is not None:
+        family.prepare(model)
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = None  # random weights: always generate max_new_tokens
     return model.eval()

@@ -1,0 +1,62 @@
+"""Aya Vision (``aya_vision``): SigLIP tiles pixel-shuffled into square grids, Cohere2 text.
+
+A tile of ``vision_config.image_size`` 364 px with patch 14 gives 26x26 patches, shuffled by
+``downsample_factor`` 2 into 13x13 = 169 tokens, row-major. An image reaches the prompt as
+``<|START_OF_IMG|>``, then ``TILE_i`` + 169 image tokens per tile, then ``TILE_GLOBAL`` + 169 tokens
+of the whole image, then ``<|END_OF_IMG|>``.
+
+- Every tile is its own grid of image keys, because the tile arrangement of the crop is not among
+  the model's inputs and a tile count does not determine it.
+- The global image (last, or alone for a single-tile image) is a grid like any other tile.
+- The start, end, ``TILE_i`` and ``TILE_GLOBAL`` marker tokens are not image keys: they carry no pixels.
+- Several images in a prompt simply add tiles to the row.
+- Only full-attention decoder layers are hooked: a sliding-window layer's cache drops the image keys
+  once the sequence outgrows the window, and its cache indices then no longer match the prompt's.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter
+
+
+def full_attention_layers(text_config, n_layers: int) -> list[int]:
+    """Layers whose KV cache keeps every token: ``full_attention`` in ``layer_types``, or all layers
+    of a model without sliding windows."""
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == "full_attention"]
+    return [] if getattr(text_config, "sliding_window", None) is not None else list(range(n_layers))
+
+
+class AyaVisionAdapter(Adapter):
+    model_types = ("aya_vision",)
+    example_checkpoint = "CohereForAI/aya-vision-8b"
+
+    def hookable_layers(self, model, modules):
+        layers = full_attention_layers(model.config.get_text_config(), len(modules))
+        if not layers:
+            raise ValueError(
+                "aya_vision: the text model has no full-attention layer, so no layer keeps the image keys "
+                "for the whole generation."
+            )
+        return layers
+
+    @staticmethod
+    def tile_grid(config) -> tuple[int, int]:
+        """``(height, width)`` in tokens of one tile, from the vision tower and the pixel shuffle."""
+        vision = config.vision_config
+        side = vision.image_size // vision.patch_size // config.downsample_factor
+        return side, side
+
+    def row_grids(self, config, is_image, n_tokens, inputs):
+        height, width = self.tile_grid(config)
+        per_tile = height * width
+        grids = []
+        for b, n in enumerate(n_tokens):
+            if n % per_tile:
+                raise ValueError(
+                    f"aya_vision: row {b} has {n} image tokens, not a multiple of {per_tile} per tile "
+                    f"({height}x{width} after the pixel shuffle)."
+                )
+            grids.append([(height, width)] * (n // per_tile))
+        return grids

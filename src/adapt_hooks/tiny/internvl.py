@@ -1,0 +1,42 @@
+"""Tiny InternVL: tiles of 48 px, patch 4 -> 12x12 patches -> pixel shuffle 0.5 -> 6x6 = 36 tokens
+per tile, Qwen2 text. Row 0's image is a single tile; row 1's is cropped into 2 tiles plus the
+thumbnail, as the processor does for a wide image, so a batch mixes tilings."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import BOS, IMAGE, PAD, TEXT, VISION_END, VISION_START, left_pad, text_tokens
+
+IMAGE_SIZE, PATCH = 48, 4
+#: Tiles per row's image: one tile alone (no thumbnail), or 2 crops + the thumbnail.
+TILES = (1, 3)
+
+
+def config():
+    from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
+
+    vision = InternVLVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=IMAGE_SIZE, patch_size=PATCH,
+    )
+    side = IMAGE_SIZE // PATCH // 2
+    return InternVLConfig(
+        vision_config=vision, text_config=Qwen2Config(**TEXT), image_token_id=IMAGE, image_seq_length=side * side,
+        downsample_ratio=0.5, vision_feature_select_strategy="default", vision_feature_layer=-1, pad_token_id=PAD,
+    )
+
+
+def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    rows, n_tiles = [], 0
+    for b in range(batch):
+        image: list[int] = []
+        if images:
+            tiles = TILES[b % len(TILES)]
+            image = [VISION_START] + [IMAGE] * (model.config.image_seq_length * tiles) + [VISION_END]
+            n_tiles += tiles
+        rows.append([BOS] + image + text_tokens(b, generator))
+    out = left_pad(rows)
+    if images:
+        out["pixel_values"] = torch.randn(n_tiles, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    return out
