@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import persistence
+from .prompts import chat_prompt
 
 KIND = "debias-mask"
 
@@ -76,11 +77,7 @@ def processor_inputs(processor, prompt: str = "Describe the image.") -> Callable
     size = getattr(processor.image_processor, "crop_size", None) or getattr(processor.image_processor, "size", None) or {}
     side = size.get("height") or size.get("shortest_edge") or 336
     image = Image.new("RGB", (size.get("width", side), side), (128, 128, 128))
-    if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    else:
-        text = f"{getattr(processor, 'image_token', '<image>')} {prompt}"
+    text = chat_prompt(processor, prompt)
     return lambda: processor(images=image, text=text, return_tensors="pt")
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .anchor import Anchor
+from .prompts import chat_prompt
 
 NOISE_STEPS, NOISE_STEP = 1000, 500
 
@@ -84,10 +85,8 @@ class VAGDPOCollator:
         self._calls = 0
 
     def prompt(self, question: str) -> str:
-        if getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-            return self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return f"{getattr(self.processor, 'image_token', '<image>')} {question}"
+        """The prompt text of ``question`` (see :func:`adapt_hooks.prompts.chat_prompt`)."""
+        return chat_prompt(self.processor, question)
 
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         missing = [key for key in ("image", "question", "chosen", "rejected", "anchor") if key not in records[0]]

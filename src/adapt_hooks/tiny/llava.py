@@ -34,8 +34,14 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
     return out
 
 
-#: Words of the tiny processor's vocabulary (ids from FIRST_TEXT_ID on, in this order).
-WORDS = "describe the image . user assistant : what is in".split()
+#: Words of the tiny processor's vocabulary (ids from FIRST_TEXT_ID on, in this order: ids 10..63).
+WORDS = (
+    "describe the image . user assistant : what is in "
+    "a an and there are of on left right top bottom middle , "
+    "red green blue yellow white black purple orange "
+    "circle square triangle ring cross diamond dot line "
+    "small big one two three many no yes near far above below beside under over"
+).split()
 
 
 def processor():
@@ -66,3 +72,18 @@ def processor():
         image_processor=images, tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
         num_additional_image_tokens=1, chat_template=template,
     )
+
+
+def demo_image(seed: int = 0):
+    """A generated test scene at the processor's size: a few coloured shapes on a dark canvas."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (24, 24, 32))
+    draw = ImageDraw.Draw(image)
+    for colour in ((230, 60, 50), (60, 120, 240), (250, 210, 60)):
+        x, y, r = rng.randrange(6, IMAGE_SIZE - 6), rng.randrange(6, IMAGE_SIZE - 6), rng.randrange(4, 9)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return image

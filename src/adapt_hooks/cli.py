@@ -1,0 +1,164 @@
+"""The ``adapt-hooks`` command: ``demo`` (embedded tiny model, no download), ``run`` (a real
+checkpoint on one image) and ``debias`` (estimate a debias mask). Bad input ends with one clear
+line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from . import Anchor, DriftMonitor, __version__, estimate_debias_mask, guard
+from .prompts import chat_prompt
+from .report import drift_table, write_pictures
+
+
+class CommandError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+# -- shared steps -----------------------------------------------------------------------------
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(f"--device {name}: no CUDA GPU is available here (use --device cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise CommandError(f"--device {name}: {error}") from None
+
+
+def _load(model_id: str, device: torch.device, dtype: str):
+    """Model and processor of a checkpoint (local folder or hub id) through the Auto classes."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CommandError(f"cannot load --model {model_id!r}: {reason}") from None
+    return model.to(device).eval(), processor
+
+
+def _image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise CommandError(f"--image {path!r}: no such file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise CommandError(f"--image {path!r}: not a readable image ({error})") from None
+
+
+def _generate(model, inputs, max_new_tokens: int, monitor: DriftMonitor, anchor: Anchor):
+    with torch.no_grad(), guard(model, anchor=anchor, monitor=monitor) as run:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out[:, inputs["input_ids"].shape[1] :], run
+
+
+def _compare(model, processor, image, question: str, args) -> None:
+    """Generate without and with steering, print both answers and the drift table, write pictures."""
+    inputs = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt").to(model.device)
+    anchor = lambda: Anchor(k=args.k)  # noqa: E731 - a fresh anchor per run
+    plain, observed = _generate(model, inputs, args.max_new_tokens, DriftMonitor(steer=False), anchor())
+    decode = lambda ids: processor.batch_decode(ids, skip_special_tokens=True)[0].strip()  # noqa: E731
+    if args.no_steer:
+        run, answer = observed, decode(plain)
+        print(f"answer (observed only): {answer}")
+    else:
+        steered, run = _generate(model, inputs, args.max_new_tokens, DriftMonitor(tau=args.tau, alpha=args.alpha), anchor())
+        width = max(len("without steering"), 16)
+        print(f"{'without steering':<{width}}  {decode(plain)}")
+        print(f"{'with steering':<{width}}  {decode(steered)}")
+        plain = steered
+    tokens = [processor.tokenizer.decode([t]) for t in plain[0, 1:].tolist()]
+    print(drift_table(run, tokens))
+    for path in write_pictures(run, image, Path(args.out)):
+        print(f"wrote {path}")
+
+
+# -- commands ---------------------------------------------------------------------------------
+def demo(args: argparse.Namespace) -> None:
+    from .tiny import tiny_model
+    from .tiny.llava import demo_image, processor
+
+    if args.max_new_tokens < 1:
+        raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    model = tiny_model("llava", "sdpa", seed=args.seed)
+    print(f"adapt-hooks {__version__} demo: a tiny random-weight LLaVA built from its config (no download), "
+          f"K={args.k}, tau={args.tau}, alpha={args.alpha}")
+    _compare(model, processor(), demo_image(args.seed), "what is in the image", args)
+
+
+def run(args: argparse.Namespace) -> None:
+    image = _image(args.image)
+    device = _device(args.device)
+    model, processor = _load(args.model, device, args.dtype)
+    _compare(model, processor, image, args.prompt, args)
+
+
+def debias(args: argparse.Namespace) -> None:
+    device = _device(args.device)
+    model, processor = _load(args.model, device, args.dtype)
+    mask = estimate_debias_mask(model, processor, n=args.n, seed=args.seed, k=args.k)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    mask.save(args.out)
+    print(f"wrote {args.out}: {mask!r}")
+
+
+def _common(parser: argparse.ArgumentParser, steering: bool = True) -> None:
+    parser.add_argument("--k", type=int, default=5, help="anchor decode steps K (default: 5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if steering:
+        parser.add_argument("--tau", type=float, default=0.6, help="drift threshold on AMC / anchor AMC (default: 0.6)")
+        parser.add_argument("--alpha", type=float, default=0.5, help="strength of the anchor log-prior (default: 0.5)")
+        parser.add_argument("--no-steer", action="store_true", help="observe only: never change the output")
+        parser.add_argument("--max-new-tokens", type=int, default=24, help="new tokens to generate (default: 24)")
+        parser.add_argument("--out", default="adapt-hooks-out", help="folder for the pictures (default: adapt-hooks-out)")
+
+
+def _loading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id of a supported VLM")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="adapt-hooks", description="Keep a VLM's attention on the image (ADAPT).")
+    top.add_argument("--version", action="version", version=f"adapt-hooks {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias}")
+    p = commands.add_parser("demo", help="guarded generation on an embedded tiny model (no download)",
+                            description="Guarded generation on an embedded tiny LLaVA and a generated image: prints the "
+                            "drift table and writes anchor.png, ve.png and drift.png.")
+    _common(p)
+    p.set_defaults(handler=demo)
+    p = commands.add_parser("run", help="a real checkpoint on one image, with and without steering",
+                            description="Answer a question about an image with and without steering, print the drift "
+                            "table and write anchor.png, ve.png and drift.png.")
+    _loading(p)
+    p.add_argument("--image", required=True, help="image file")
+    p.add_argument("--prompt", required=True, help="question about the image")
+    _common(p)
+    p.set_defaults(handler=run)
+    p = commands.add_parser("debias", help="estimate a debias mask on noise images",
+                            description="Run the model on noise images and save its spatial-bias mask (safetensors).")
+    _loading(p)
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--n", type=int, default=8, help="number of noise images (default: 8)")
+    _common(p, steering=False)
+    p.set_defaults(handler=debias)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (CommandError, ValueError, TypeError) as error:
+        print(f"adapt-hooks {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0

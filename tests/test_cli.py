@@ -1,0 +1,123 @@
+"""The adapt-hooks command through its real entry point (a subprocess), bad input included."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from adapt_hooks import report
+from adapt_hooks.tiny import tiny_model
+from adapt_hooks.tiny.llava import demo_image, processor
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "adapt_hooks", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def _table_rows(stdout):
+    return [line for line in stdout.splitlines() if re.match(r"\s+\d+\s", line)]
+
+
+def test_demo_prints_answers_table_and_writes_pictures(tmp_path):
+    result = cli("demo", "--out", tmp_path, "--max-new-tokens", "9", "--tau", "2.0")
+    assert result.returncode == 0, result.stderr
+    assert "without steering" in result.stdout and "with steering" in result.stdout
+    rows = _table_rows(result.stdout)
+    assert len(rows) == 8  # 9 new tokens = prefill + 8 decode steps
+    assert "anchor" in rows[4] and "anchor" not in rows[5] and rows[5].rstrip().endswith("0, 1, 2, 3")
+    assert "intervention rate: 100.0%" in result.stdout  # tau = 2 steers every monitored cell
+    for name in ("anchor.png", "ve.png", "drift.png"):
+        assert Image.open(tmp_path / name).size[0] >= 256
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny LLaVA checkpoint folder with its processor, as save_pretrained writes it."""
+    folder = tmp_path_factory.mktemp("tiny-llava")
+    tiny_model("llava", "sdpa").save_pretrained(folder)
+    processor().save_pretrained(folder)
+    demo_image(3).save(folder / "scene.png")
+    return folder
+
+
+def test_run_on_a_checkpoint_folder(checkpoint, tmp_path):
+    result = cli("run", "--model", checkpoint, "--image", checkpoint / "scene.png", "--prompt", "what is in the image",
+                 "--max-new-tokens", "8", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(_table_rows(result.stdout)) == 7
+    assert (tmp_path / "ve.png").is_file()
+    observed = cli("run", "--model", checkpoint, "--image", checkpoint / "scene.png", "--prompt", "describe the image",
+                   "--no-steer", "--out", tmp_path)
+    assert observed.returncode == 0 and "answer (observed only):" in observed.stdout
+
+
+def test_debias_command_writes_a_mask(checkpoint, tmp_path):
+    from adapt_hooks import DebiasMask
+
+    result = cli("debias", "--model", checkpoint, "--out", tmp_path / "mask.safetensors", "--n", "2")
+    assert result.returncode == 0, result.stderr
+    mask = DebiasMask.load(tmp_path / "mask.safetensors")
+    assert set(mask.masks) == {(8, 8)} and mask.meta["n"] == 2
+
+
+def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path):
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("not an image")
+    cases = [
+        (["run", "--model", checkpoint, "--image", tmp_path / "missing.png", "--prompt", "x"], "no such file"),
+        (["run", "--model", checkpoint, "--image", text_file, "--prompt", "x"], "not a readable image"),
+        (["run", "--model", tmp_path / "nowhere", "--image", checkpoint / "scene.png", "--prompt", "x"], "cannot load --model"),
+        (["debias", "--model", checkpoint, "--out", tmp_path / "m.safetensors", "--device", "cuda"], "no CUDA GPU"),
+        (["demo", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["demo", "--tau", "-1"], "DriftMonitor(tau=...) must be >= 0"),
+    ]
+    if torch.cuda.is_available():
+        cases.pop(3)
+    for args, message in cases:
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_unsupported_model_is_named(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adapt_hooks.tiny.llava import processor as tiny_processor
+
+    folder = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    demo_image().save(tmp_path / "scene.png")
+    result = cli("run", "--model", folder, "--image", tmp_path / "scene.png", "--prompt", "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "llama" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["debias"]])
+def test_help_on_every_command(command):
+    result = cli(*command, "--help")
+    assert result.returncode == 0 and "usage: adapt-hooks" in result.stdout
+
+
+def test_pictures_without_matplotlib(monkeypatch, tmp_path):
+    import adapt_hooks
+    from adapt_hooks import DriftMonitor
+
+    model = tiny_model("llava", "sdpa")
+    proc = processor()
+    image = demo_image()
+    inputs = proc(images=image, text="user : <image> what is in the image assistant :", return_tensors="pt")
+    with adapt_hooks.guard(model, monitor=DriftMonitor(steer=False)) as run:
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    said = []
+    written = report.write_pictures(run, image, tmp_path, say=said.append)
+    assert [p.name for p in written] == ["anchor.png", "ve.png"] and said == [report.PLOT_HINT]
