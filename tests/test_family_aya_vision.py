@@ -43,7 +43,7 @@ def _processor_ids(tiles: int) -> list[int]:
 def test_real_config_gives_13x13_per_tile_like_the_processor():
     config = AyaVisionConfig(**REAL)
     adapter = AyaVisionAdapter()
-    assert adapter.tile_grid(config) == (13, 13)
+    assert adapter.grid(config) == (13, 13)
     row0, row1 = _processor_ids(5), _processor_ids(1)  # 4 crops + global; global alone
     ids = torch.full((2, len(row0) + 1), TEXT)
     ids[0, 1:], ids[1, -len(row1) :] = torch.tensor(row0), torch.tensor(row1)

@@ -65,7 +65,7 @@ def test_gemma3_4b_layout_and_layers_from_its_config():
     adapter = Gemma3Adapter()
     # the projector pools 64x64 SigLIP patches to the same 16x16 grid the processor expands to 256 tokens
     projector = Gemma3MultiModalProjector(config)
-    assert adapter.image_grid(config) == (projector.tokens_per_side,) * 2 == (16, 16)
+    assert adapter.grid(config) == (projector.tokens_per_side,) * 2 == (16, 16)
     assert projector.patches_per_image // projector.kernel_size == 16
     # pan-and-scan with two crops, as the processor writes it: original image, then each crop
     nl, boi, eoi, soft = 108, config.boi_token_id, config.eoi_token_id, config.image_token_id

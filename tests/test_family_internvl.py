@@ -34,7 +34,7 @@ def _split(text: str, vocab: dict[str, int]) -> list[str]:
 def test_real_config_gives_16x16_per_tile_like_the_processor():
     config = InternVLConfig(image_token_id=CONTEXT)  # InternVL3 defaults: 448 px tiles, patch 14, ratio 0.5
     adapter = InternVLAdapter()
-    assert adapter.tile_grid(config) == (16, 16) and config.image_seq_length == 256
+    assert adapter.grid(config) == (16, 16) and config.image_seq_length == 256
     ids = _processor_ids([7], config.image_seq_length)  # 6 crops + thumbnail
     layout = adapter.layout(config, torch.tensor([[TEXT] + ids]), {})
     assert layout.grids == (tuple(Grid(256 * i, 16, 16) for i in range(7)),)

@@ -16,7 +16,7 @@ of the whole image, then ``<|END_OF_IMG|>``.
 
 from __future__ import annotations
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 
 
 def full_attention_layers(text_config, n_layers: int) -> list[int]:
@@ -28,7 +28,8 @@ def full_attention_layers(text_config, n_layers: int) -> list[int]:
     return [] if getattr(text_config, "sliding_window", None) is not None else list(range(n_layers))
 
 
-class AyaVisionAdapter(Adapter):
+class AyaVisionAdapter(RepeatedGridAdapter):
+    unit = "tile"
     model_types = ("aya_vision",)
     example_checkpoint = "CohereForAI/aya-vision-8b"
 
@@ -42,21 +43,8 @@ class AyaVisionAdapter(Adapter):
         return layers
 
     @staticmethod
-    def tile_grid(config) -> tuple[int, int]:
+    def grid(config) -> tuple[int, int]:
         """``(height, width)`` in tokens of one tile, from the vision tower and the pixel shuffle."""
         vision = config.vision_config
         side = vision.image_size // vision.patch_size // config.downsample_factor
         return side, side
-
-    def row_grids(self, config, is_image, n_tokens, inputs):
-        height, width = self.tile_grid(config)
-        per_tile = height * width
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_tile:
-                raise ValueError(
-                    f"aya_vision: row {b} has {n} image tokens, not a multiple of {per_tile} per tile "
-                    f"({height}x{width} after the pixel shuffle)."
-                )
-            grids.append([(height, width)] * (n // per_tile))
-        return grids

@@ -189,3 +189,28 @@ class Adapter:
             positions[b, : len(keys)] = keys
             valid[b, : len(keys)] = True
         return ImageLayout(positions, valid, tuple(grids), input_ids.shape[1])
+
+
+class RepeatedGridAdapter(Adapter):
+    """A family whose image tokens are whole copies of one fixed grid, one per image or per tile
+    (LLaVA, Gemma 3, PaliGemma, InternVL, Idefics3, Aya Vision...): only :meth:`grid` to write."""
+
+    #: What one grid is, for error messages: "image", "tile", "image or crop".
+    unit = "image"
+
+    def grid(self, config) -> tuple[int, int]:
+        """``(height, width)`` in tokens of one grid, from the model's config."""
+        raise NotImplementedError
+
+    def row_grids(self, config, is_image, n_tokens, inputs):
+        height, width = self.grid(config)
+        size = height * width
+        grids = []
+        for b, n in enumerate(n_tokens):
+            if n % size:
+                raise ValueError(
+                    f"{config.model_type}: row {b} has {n} image tokens, not a multiple of {size} "
+                    f"({height}x{width} per {self.unit}); the prompt's image tokens do not match the model's images."
+                )
+            grids.append([(height, width)] * (n // size))
+        return grids

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 
 
 def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
@@ -58,7 +58,8 @@ def square_side(tokens: int, what: str) -> int:
     return side
 
 
-class Gemma3Adapter(Adapter):
+class Gemma3Adapter(RepeatedGridAdapter):
+    unit = "image or crop"
     model_types = ("gemma3",)
     example_checkpoint = "google/gemma-3-4b-it"
 
@@ -66,20 +67,7 @@ class Gemma3Adapter(Adapter):
         return checked_cache_keeping_layers(model, len(modules))
 
     @staticmethod
-    def image_grid(config) -> tuple[int, int]:
+    def grid(config) -> tuple[int, int]:
         """``(height, width)`` in tokens of one image after the projector's average pooling."""
         side = square_side(config.mm_tokens_per_image, "gemma3: mm_tokens_per_image")
         return side, side
-
-    def row_grids(self, config, is_image, n_tokens, inputs):
-        height, width = self.image_grid(config)
-        per_image = height * width
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_image:
-                raise ValueError(
-                    f"gemma3: row {b} has {n} image tokens, not a multiple of {per_image} "
-                    f"({height}x{width} per image or crop)."
-                )
-            grids.append([(height, width)] * (n // per_image))
-        return grids

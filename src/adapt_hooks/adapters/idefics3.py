@@ -27,10 +27,11 @@ images before the prefill).
 
 from __future__ import annotations
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 
 
-class Idefics3Adapter(Adapter):
+class Idefics3Adapter(RepeatedGridAdapter):
+    unit = "tile"
     model_types = ("idefics3", "smolvlm")
     example_checkpoint = "HuggingFaceTB/SmolVLM2-256M-Video-Instruct"
 
@@ -55,15 +56,6 @@ class Idefics3Adapter(Adapter):
             )
         return patches_per_side // scale
 
-    def row_grids(self, config, is_image, n_tokens, inputs):
+    def grid(self, config) -> tuple[int, int]:
         side = self.tile_side(config)
-        per_tile = side * side
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_tile:
-                raise ValueError(
-                    f"{config.model_type}: row {b} has {n} image tokens, not a multiple of {per_tile} per tile "
-                    f"({side}x{side} after the pixel shuffle); the processor's image_seq_len must match the model."
-                )
-            grids.append([(side, side)] * (n // per_tile))
-        return grids
+        return side, side

@@ -14,34 +14,22 @@ An image reaches the prompt as ``<img>`` + 256 image tokens per tile + ``</img>`
 
 from __future__ import annotations
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 
 
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class InternVLAdapter(Adapter):
+class InternVLAdapter(RepeatedGridAdapter):
+    unit = "tile"
     model_types = ("internvl",)
     example_checkpoint = "OpenGVLab/InternVL3-1B-hf"
 
     @staticmethod
-    def tile_grid(config) -> tuple[int, int]:
+    def grid(config) -> tuple[int, int]:
         """``(height, width)`` in tokens of one tile, from the vision tower and the pixel shuffle."""
         vision = config.vision_config
         (image_h, image_w), (patch_h, patch_w) = _pair(vision.image_size), _pair(vision.patch_size)
         ratio = config.downsample_ratio
         return int(image_h // patch_h * ratio), int(image_w // patch_w * ratio)
-
-    def row_grids(self, config, is_image, n_tokens, inputs):
-        height, width = self.tile_grid(config)
-        per_tile = height * width
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_tile:
-                raise ValueError(
-                    f"internvl: row {b} has {n} image tokens, not a multiple of {per_tile} per tile "
-                    f"({height}x{width} after the pixel shuffle)."
-                )
-            grids.append([(height, width)] * (n // per_tile))
-        return grids

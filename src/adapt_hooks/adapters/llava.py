@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 
 
-class LlavaAdapter(Adapter):
+class LlavaAdapter(RepeatedGridAdapter):
     model_types = ("llava",)
     example_checkpoint = "llava-hf/llava-1.5-7b-hf"
 
-    def row_grids(self, config, is_image, n_tokens, inputs):
-        vision = config.vision_config
-        side = vision.image_size // vision.patch_size
+    def grid(self, config) -> tuple[int, int]:
+        """``image_size / patch_size`` patches per side; the CLS token is not an image token."""
         if config.vision_feature_select_strategy != "default":
             raise ValueError(
                 "llava: only vision_feature_select_strategy='default' (CLS token dropped) is supported; "
                 f"this model uses {config.vision_feature_select_strategy!r}."
             )
-        per_image = side * side
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_image:
-                raise ValueError(
-                    f"llava: row {b} has {n} image tokens, not a multiple of {per_image} "
-                    f"({side}x{side} patches of {vision.patch_size} px at {vision.image_size} px)."
-                )
-            grids.append([(side, side)] * (n // per_image))
-        return grids
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        return side, side

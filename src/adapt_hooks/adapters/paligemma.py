@@ -18,11 +18,12 @@ attention-logit softcapping to the attention function, which is where the guard 
 
 from __future__ import annotations
 
-from .base import Adapter
+from .base import RepeatedGridAdapter
 from .gemma3 import checked_cache_keeping_layers
 
 
-class PaliGemmaAdapter(Adapter):
+class PaliGemmaAdapter(RepeatedGridAdapter):
+    unit = "image"
     model_types = ("paligemma",)
     example_checkpoint = "google/paligemma2-3b-mix-224"
 
@@ -30,22 +31,8 @@ class PaliGemmaAdapter(Adapter):
         return checked_cache_keeping_layers(model, len(modules))
 
     @staticmethod
-    def image_grid(config) -> tuple[int, int]:
+    def grid(config) -> tuple[int, int]:
         """``(height, width)`` in tokens of one image: one token per patch."""
         vision = config.vision_config
         side = vision.image_size // vision.patch_size
         return side, side
-
-    def row_grids(self, config, is_image, n_tokens, inputs):
-        height, width = self.image_grid(config)
-        per_image = height * width
-        grids = []
-        for b, n in enumerate(n_tokens):
-            if n % per_image:
-                raise ValueError(
-                    f"paligemma: row {b} has {n} image tokens, not a multiple of {per_image} "
-                    f"({height}x{width} patches of {config.vision_config.patch_size} px at "
-                    f"{config.vision_config.image_size} px)."
-                )
-            grids.append([(height, width)] * (n // per_image))
-        return grids
