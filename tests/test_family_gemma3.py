@@ -15,7 +15,8 @@ from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 import adapt_hooks
 from adapt_hooks import DriftMonitor
 from adapt_hooks.adapters import Grid, get_adapter
-from adapt_hooks.adapters.gemma3 import Gemma3Adapter, cache_keeping_layers
+from adapt_hooks.adapters.base import cache_keeping_layers
+from adapt_hooks.adapters.gemma3 import Gemma3Adapter
 from adapt_hooks.adapters.paligemma import PaliGemmaAdapter
 from adapt_hooks.tiny import paligemma as tiny_paligemma
 from adapt_hooks.tiny import tiny_inputs

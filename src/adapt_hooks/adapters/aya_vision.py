@@ -19,28 +19,10 @@ from __future__ import annotations
 from .base import RepeatedGridAdapter
 
 
-def full_attention_layers(text_config, n_layers: int) -> list[int]:
-    """Layers whose KV cache keeps every token: ``full_attention`` in ``layer_types``, or all layers
-    of a model without sliding windows."""
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None:
-        return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == "full_attention"]
-    return [] if getattr(text_config, "sliding_window", None) is not None else list(range(n_layers))
-
-
 class AyaVisionAdapter(RepeatedGridAdapter):
     unit = "tile"
     model_types = ("aya_vision",)
     example_checkpoint = "CohereForAI/aya-vision-8b"
-
-    def hookable_layers(self, model, modules):
-        layers = full_attention_layers(model.config.get_text_config(), len(modules))
-        if not layers:
-            raise ValueError(
-                "aya_vision: the text model has no full-attention layer, so no layer keeps the image keys "
-                "for the whole generation."
-            )
-        return layers
 
     @staticmethod
     def grid(config) -> tuple[int, int]:

@@ -111,6 +111,19 @@ class ImageLayout:
         return ImageLayout(positions, valid, ((Grid(0, height, width),),) * batch, n)
 
 
+def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
+    """Layers whose KV cache holds every token of any sequence the model supports: full-attention
+    layers (``layer_types``), and sliding-window layers whose window is at least
+    ``max_position_embeddings``; every layer of a model without a sliding window."""
+    window = getattr(text_config, "sliding_window", None)
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    wide = window is None or (max_positions is not None and window >= max_positions)
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is None:
+        return list(range(n_layers)) if wide else []
+    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == "full_attention" or wide]
+
+
 class Adapter:
     """Per-family knowledge: which attention modules to hook, the image token id, and how one
     row's image tokens split into 2-D grids. Subclasses override :meth:`row_grids`."""
@@ -130,9 +143,17 @@ class Adapter:
 
     def hookable_layers(self, model: nn.Module, modules: list[nn.Module]) -> list[int]:
         """Indices of the layers whose keys include the image tokens at every decode step (the
-        default ``layers`` of a guard); families with sliding-window or cross-attention layers
-        narrow this down."""
-        return list(range(len(modules)))
+        default ``layers`` of a guard): the layers whose cache keeps every token (see
+        :func:`cache_keeping_layers`); a clear error when there are none."""
+        text_config = model.config.get_text_config()
+        layers = cache_keeping_layers(text_config, len(modules))
+        if not layers:
+            raise ValueError(
+                f"{model.config.model_type}: every text layer uses a sliding window of "
+                f"{getattr(text_config, 'sliding_window', None)} tokens (no full-attention layer), so no layer keeps "
+                "the image keys for the whole generation."
+            )
+        return layers
 
     def image_token_id(self, config) -> int:
         for name in ("image_token_id", "image_token_index"):

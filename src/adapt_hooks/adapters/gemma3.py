@@ -26,30 +26,6 @@ import math
 from .base import RepeatedGridAdapter
 
 
-def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
-    """Layers whose KV cache holds every token of any sequence the model supports: full-attention
-    layers, and sliding-window layers whose window is at least ``max_position_embeddings``."""
-    window = getattr(text_config, "sliding_window", None)
-    max_positions = getattr(text_config, "max_position_embeddings", None)
-    wide = window is None or (max_positions is not None and window >= max_positions)
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is None:
-        return list(range(n_layers)) if wide else []
-    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == "full_attention" or wide]
-
-
-def checked_cache_keeping_layers(model, n_layers: int) -> list[int]:
-    """:func:`cache_keeping_layers`, or a clear error when there are none."""
-    text_config = model.config.get_text_config()
-    layers = cache_keeping_layers(text_config, n_layers)
-    if not layers:
-        raise ValueError(
-            f"{model.config.model_type}: every text layer uses a sliding window of {text_config.sliding_window} "
-            "tokens, so no layer keeps the image keys for the whole generation."
-        )
-    return layers
-
-
 def square_side(tokens: int, what: str) -> int:
     """The side of a square grid of ``tokens`` tokens."""
     side = math.isqrt(tokens)
@@ -63,8 +39,6 @@ class Gemma3Adapter(RepeatedGridAdapter):
     model_types = ("gemma3",)
     example_checkpoint = "google/gemma-3-4b-it"
 
-    def hookable_layers(self, model, modules):
-        return checked_cache_keeping_layers(model, len(modules))
 
     @staticmethod
     def grid(config) -> tuple[int, int]:

@@ -28,15 +28,6 @@ class Mistral3Adapter(Adapter):
     model_types = ("mistral3",)
     example_checkpoint = "mistralai/Mistral-Small-3.1-24B-Instruct-2503"
 
-    def hookable_layers(self, model, modules):
-        window = getattr(model.config.get_text_config(), "sliding_window", None)
-        if window is not None:
-            raise ValueError(
-                f"mistral3: the text model attends within a sliding window of {window} tokens in every layer, "
-                "so no layer keeps the image keys for the whole generation."
-            )
-        return super().hookable_layers(model, modules)
-
     def layout(self, config, input_ids, inputs):
         # row_grids reads the separator tokens, which only input_ids show (it may come positionally)
         return super().layout(config, input_ids, {**inputs, "input_ids": input_ids})

@@ -19,7 +19,6 @@ attention-logit softcapping to the attention function, which is where the guard 
 from __future__ import annotations
 
 from .base import RepeatedGridAdapter
-from .gemma3 import checked_cache_keeping_layers
 
 
 class PaliGemmaAdapter(RepeatedGridAdapter):
@@ -27,8 +26,6 @@ class PaliGemmaAdapter(RepeatedGridAdapter):
     model_types = ("paligemma",)
     example_checkpoint = "google/paligemma2-3b-mix-224"
 
-    def hookable_layers(self, model, modules):
-        return checked_cache_keeping_layers(model, len(modules))
 
     @staticmethod
     def grid(config) -> tuple[int, int]:
