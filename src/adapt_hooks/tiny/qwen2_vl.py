@@ -38,9 +38,15 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
             pixels.append(torch.randn(t * h * w, patch_dim, generator=generator))
             grids.append((t, h, w))
         rows.append([BOS] + image + text_tokens(b, generator))
+    return batch_inputs(rows, pixels, grids)
+
+
+def batch_inputs(rows: list[list[int]], pixels: list[torch.Tensor], grids: list[tuple[int, int, int]]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts with ``mm_token_type_ids``, plus the images' flattened patches and
+    ``image_grid_thw`` when there are images: the inputs of every M-RoPE family."""
     out = left_pad(rows)
     out["mm_token_type_ids"] = (out["input_ids"] == IMAGE).long()
-    if images:
+    if pixels:
         out["pixel_values"] = torch.cat(pixels)
         out["image_grid_thw"] = torch.tensor(grids)
     return out

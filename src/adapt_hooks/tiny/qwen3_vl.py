@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._common import BOS, IMAGE, PAD, TEXT, VIDEO, VISION_END, VISION_START, left_pad, text_tokens
+from ._common import BOS, IMAGE, PAD, TEXT, VIDEO, VISION_END, VISION_START, text_tokens
+from .qwen2_vl import batch_inputs
 
 #: ``image_grid_thw`` (in patches) of each image of row b (cycled for larger batches).
 IMAGE_GRIDS = (((1, 8, 8),), ((1, 8, 12), (1, 4, 8)))
@@ -59,9 +60,4 @@ def inputs(model: nn.Module, batch: int, images: bool, generator: torch.Generato
                 pixels.append(torch.randn(grid[0] * grid[1] * grid[2], patch_dim, generator=generator))
                 grids.append(grid)
         rows.append([BOS] + image + text_tokens(b, generator))
-    out = left_pad(rows)
-    out["mm_token_type_ids"] = (out["input_ids"] == IMAGE).long()
-    if images:
-        out["pixel_values"] = torch.cat(pixels)
-        out["image_grid_thw"] = torch.tensor(grids)
-    return out
+    return batch_inputs(rows, pixels, grids)
