@@ -14,7 +14,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor, signals, steering
+from adapt_hooks import DriftMonitor, decode, signals, steering
 from adapt_hooks.adapters import ImageLayout
 from adapt_hooks.interceptor import Interceptor
 from adapt_hooks.monitor import Steer
@@ -92,20 +92,26 @@ def test_logprior_places_alpha_log_w_at_image_keys():
 
 
 class _FakeGuard:
-    """Stands in for a Guard in the decode branch: fixed positions and a fixed bias."""
+    """Stands in for a Guard in the decode branch: fixed positions, the real fused decode step
+    with a fixed per-row gate and log-prior."""
 
     observing = True
 
-    def __init__(self, bias):
-        self.bias = bias
+    def __init__(self, gate, prior):
+        self.threshold = torch.where(gate, math.inf, -math.inf)[:, None]
+        self.prior = prior
         self.seen = []
 
-    def positions_on(self, device):
-        return POSITIONS, VALID
-
-    def step_layer(self, slot, attention):
-        self.seen.append(attention)
-        return Steer(bias=self.bias)
+    def decode_step(self, slot, query, key, attention_mask, scaling, softcap):
+        terms = torch.ones(B, 5, 2)
+        steered = torch.zeros(B, 1, dtype=torch.int32)
+        mask, normalised, _ = decode.drift_step(
+            query, key, attention_mask, scaling, softcap, POSITIONS, VALID, terms, self.threshold, steered,
+            self.prior, None, False,
+        )  # fmt: skip
+        self.seen.append(normalised)
+        assert steered.tolist() == (self.threshold > 0).int().tolist()
+        return Steer(mask=mask)
 
 
 class _Module(nn.Module):
@@ -122,11 +128,11 @@ def test_interceptor_steers_logits_exactly_as_the_formula(base, fmt):
     q, k, v = _qk(1)
     masks, attend = _masks()
     mask = masks[fmt]
-    gate = torch.tensor([1.0, 0.0])  # steer row 0 only
+    gate = torch.tensor([True, False])  # steer row 0 only
     w = torch.rand(B, 5, generator=torch.Generator().manual_seed(3))
     prior = steering.logprior(w, _layout(), alpha=0.7, eps=1e-6)
     module = _Module()
-    fake = _FakeGuard(prior * gate[:, None])
+    fake = _FakeGuard(gate, prior)
     out, _ = Interceptor(fake, base, None, {id(module): 0})(module, q, k, v, mask, dropout=0.0, scaling=D**-0.5)
 
     logits = _logits64(q, k, D**-0.5)
@@ -146,7 +152,7 @@ def test_interceptor_steers_logits_exactly_as_the_formula(base, fmt):
 def test_interceptor_passes_prefill_and_unhooked_layers_through():
     q, k, v = _qk()
     module, other = _Module(), _Module()
-    fake = _FakeGuard(torch.full((B, P), -5.0))
+    fake = _FakeGuard(torch.tensor([True, True]), torch.full((B, P), -5.0))
     calls = []
 
     def base(*args, **kwargs):

@@ -11,6 +11,7 @@ from torch import nn
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
+from . import signals
 from .adapters import ImageLayout, get_adapter
 from .anchor import Anchor
 from .interceptor import ACTIVE, Interceptor, resolve_base
@@ -155,6 +156,7 @@ class Guard:
         """Refuse, at prefill, what would otherwise fail in the middle of decoding; build the
         layout's index tensors now so that the decode steps need no host-to-device copy."""
         layout.shape_groups, layout.grids_per_row  # noqa: B018 (cached on first access)
+        self._uniform = bool(layout.valid.all())
         if self.anchor.debias is not None:
             for shape in {shape for row in layout.grid_shapes for shape in row}:
                 self.anchor.debias.check(shape)
@@ -172,21 +174,38 @@ class Guard:
         """True during the decode steps of a prompt that has image tokens."""
         return self._layout is not None and self._step > 0
 
-    def positions_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(positions, valid)`` of the current prompt's image keys on ``device`` (cached)."""
+    def positions_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(positions, valid)`` of the current prompt's image keys on ``device`` (cached);
+        ``valid`` is ``None`` when every row has the same number of image keys."""
         cached = self._layout_by_device.get(device)
         if cached is None:
-            cached = (self._layout.positions.to(device), self._layout.valid.to(device))
-            self._layout_by_device[device] = cached
+            layout = self._layout
+            valid = None if self._uniform else layout.valid.to(device)
+            cached = self._layout_by_device[device] = (layout.positions.to(device), valid)
         return cached
 
-    def step_layer(self, slot: int, attention: torch.Tensor) -> Steer | None:
-        """Feed one hooked layer's image attention of this decode step to the anchor and monitor."""
-        recording = self.anchor.recording_steps
-        if self._step <= recording:
-            self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
-        monitoring = self._step > recording and self.anchor.ready
-        return self.monitor._update(slot, attention, self.anchor, monitoring)
+    def decode_step(
+        self,
+        slot: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        softcap: float | None,
+    ) -> Steer | None:
+        """One hooked layer's decode step: recorded for the anchor during its first ``k`` steps,
+        monitored (and maybe steered) after."""
+        positions, valid = self.positions_on(query.device)
+        if self._step > self.anchor.recording_steps and self.anchor.ready:
+            return self.monitor._decode(slot, query, key, attention_mask, scaling, softcap, positions, valid, self.anchor)
+        probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
+        self.step_layer(slot, signals.image_attention(probs, positions, valid))
+        return None
+
+    def step_layer(self, slot: int, attention: torch.Tensor) -> None:
+        """Feed one hooked layer's image attention of an anchor-phase step to the anchor and monitor."""
+        self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
+        self.monitor._update(slot, attention, self.anchor, monitoring=False)
 
 
 def _ranges(indices: list[int]) -> str:

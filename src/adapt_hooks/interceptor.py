@@ -18,7 +18,6 @@ from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from . import signals, steering
 
 if TYPE_CHECKING:
     from .guard import Guard
@@ -76,19 +75,16 @@ class Interceptor:
         slot = self.slots.get(id(module))
         if slot is None or query.shape[2] != 1 or not self.guard.observing:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        positions, valid = self.guard.positions_on(query.device)
         scaling = kwargs.get("scaling")
         with torch.no_grad():
-            probs = signals.attention_probs(
-                query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling, kwargs.get("softcap")
+            action = self.guard.decode_step(
+                slot, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling, kwargs.get("softcap")
             )
-            action = self.guard.step_layer(slot, signals.image_attention(probs, positions, valid))
         if action is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        if action.bias is not None:
-            mask = steering.add_key_bias(attention_mask, action.bias, key.shape[-2], query.dtype)
-            return self.base(module, query, key, value, mask, **kwargs)
-        return _attend(action.edit(probs), value, query.dtype)
+        if action.mask is not None:
+            return self.base(module, query, key, value, action.mask, **kwargs)
+        return _attend(action.probs, value, query.dtype)
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import scoring, signals, steering
+from . import decode, scoring, signals, steering
 from .adapters import ImageLayout
 from .anchor import Anchor
 from .validation import check_number
@@ -16,14 +16,24 @@ SIGNALS = ("amc", "visual_mass", "hhi", "change_rate", "steered")
 NORMALIZE = ("anchor", None)
 
 
+@dataclass
+class _SlotState:
+    """Per-prompt constants and counters of one hooked layer while it is monitored."""
+
+    terms: torch.Tensor  # [B, N, 2]: anchor weights (over the anchor-phase AMC) and ones
+    threshold: torch.Tensor  # [B, 1]: tau where the row may be steered, -inf elsewhere
+    steered: torch.Tensor  # [B, 1] int32: steps steered so far
+
+
 @dataclass(frozen=True)
 class Steer:
-    """What the interceptor must do to this (step, layer): add a key ``bias`` ``[B, P]`` to the
-    attention logits ("logprior"), or ``edit`` the post-softmax probabilities ("blend",
-    "redistribute"). Rows whose gate is closed are left unchanged by either."""
+    """What the interceptor does with this (step, layer): hand the kernel ``mask`` (the model's
+    mask with the gated log-prior folded in, "logprior") or attend with the edited post-softmax
+    ``probs`` ``[B, H_kv, G, kv]`` ("blend", "redistribute"). Rows whose gate is closed are left
+    unchanged by either."""
 
-    bias: torch.Tensor | None = None
-    edit: Callable[[torch.Tensor], torch.Tensor] | None = None
+    mask: torch.Tensor | None = None
+    probs: torch.Tensor | None = None
 
 
 class DriftMonitor:
@@ -34,7 +44,8 @@ class DriftMonitor:
     and ``steer`` is on, the attention is steered (``steering``: "logprior" adds
     ``alpha · log(w + eps)`` to the image-key logits; "blend" and "redistribute" edit the image
     probabilities). All of it runs on the device; :attr:`history` keeps the signals of every step
-    unless ``history=False``.
+    unless ``history=False``. ``compile=True`` runs the per-step maths through ``torch.compile``
+    (worth it on GPU; the first prompt pays the compilation).
     """
 
     def __init__(
@@ -47,6 +58,7 @@ class DriftMonitor:
         eps: float = 1e-6,
         history: bool = True,
         steering: str = "logprior",
+        compile: bool = False,
     ) -> None:
         self.tau = check_number("DriftMonitor(tau=...)", tau)
         self.alpha = check_number("DriftMonitor(alpha=...)", alpha)
@@ -59,12 +71,14 @@ class DriftMonitor:
         self.normalize = normalize
         self.keep_history = bool(history)
         self.steering = steering
+        self.compile = bool(compile)
+        self._drift_step = decode.compiled_drift_step() if self.compile else decode.drift_step
         self._reset(None, 0)
 
     def __repr__(self) -> str:
         return (
             f"DriftMonitor(tau={self.tau}, alpha={self.alpha}, steer={self.steer}, normalize={self.normalize!r}, "
-            f"steering={self.steering!r})"
+            f"steering={self.steering!r}" + (", compile=True)" if self.compile else ")")
         )
 
     # -- per prompt / per step (called by the guard) ------------------------------------------
@@ -72,56 +86,122 @@ class DriftMonitor:
         self.layout = layout
         self.n_layers = n_layers
         self._has_image = None if layout is None else layout.has_image
+        self._slots: dict[int, _SlotState] = {}
         self._previous: dict[int, torch.Tensor] = {}
         self._per_slot: dict[tuple[str, int], torch.Tensor] = {}
         self._prior: dict[torch.device, torch.Tensor] = {}
-        self._steered: dict[int, torch.Tensor] = {}
         self._monitored_calls = 0
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[tuple[torch.Tensor, ...]] = []  # per (step, layer): [B, 1] score, mass, HHI, 2 TV, gate
 
-    def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> Steer | None:
-        """Signals of one (step, layer) from its head-mean image attention ``[B, N]``; while
-        ``monitoring`` (the anchor is ready) also the gate, and, when steering is on, the
-        :class:`Steer` to apply (``None`` otherwise)."""
-        normalised = signals.normalise(attention)
-        change = signals.change_rate(normalised, self._previous.get(slot, normalised))
-        self._previous[slot] = normalised
-        action = None
-        if monitoring:
-            weights = anchor.weights.to(attention.device)
-            score = signals.amc_normalised(normalised, weights)
-            if self.normalize == "anchor":
-                score = score / self._anchor_value(slot, "amc", anchor, weights)
-            gate = (score < self.tau) & self._has_image.to(attention.device) & self.steer
-            if self.steer:
-                action = self._steer(slot, gate, attention, anchor, weights)
-            steered = self._steered.get(slot)
-            self._steered[slot] = gate.to(torch.int32) if steered is None else steered + gate
-            self._monitored_calls += 1
-        else:
-            score = torch.full_like(change, float("nan"))
-            gate = torch.zeros_like(change, dtype=torch.bool)
+    def _decode(
+        self,
+        slot: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float,
+        softcap: float | None,
+        positions: torch.Tensor,
+        valid: torch.Tensor | None,
+        anchor: Anchor,
+    ) -> Steer | None:
+        """One monitored (step, layer) from the new query and the keys: signals, gate and, when
+        steering, the :class:`Steer` to apply. The hot path: :func:`decode.drift_step`, with every
+        per-prompt constant prepared at the layer's first monitored step."""
+        if self.steer and self.steering != "logprior":
+            probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
+            edit = self._update(slot, signals.image_attention(probs, positions, valid), anchor, True)
+            return Steer(probs=edit(probs))
+        state = self._slots.get(slot)
+        if state is None:
+            state = self._slots[slot] = self._start(slot, anchor, query.device)
+        prior = self._logprior(anchor, query.device) if self.steer else None
+        mask, normalised, row = self._drift_step(
+            query, key, attention_mask, scaling, softcap, positions, valid,
+            state.terms, state.threshold, state.steered, prior, self._previous.get(slot), self.keep_history,
+        )  # fmt: skip
+        self._monitored_calls += 1
         if self.keep_history:
-            row = (score, attention.sum(-1), signals.concentration(normalised), change, gate.float())
-            self._rows.append(torch.stack(row))
-        return action
+            self._previous[slot] = normalised
+            self._rows.append(row)
+        return None if mask is None else Steer(mask=mask)
 
-    def _steer(self, slot: int, gate: torch.Tensor, attention: torch.Tensor, anchor: Anchor, weights: torch.Tensor) -> Steer:
+    def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> Callable | None:
+        """Signals of one (step, layer) from its head-mean image attention ``[B, N]``, in eager
+        steps: the anchor phase (history only) and the probability-editing steering modes, for
+        which it returns the edit to apply to the post-softmax probabilities."""
+        mass = attention.sum(-1, keepdim=True)
+        normalised = attention / mass.clamp_min(signals.TINY)
+        score = hhi = gate = edit = None
+        if monitoring:
+            state = self._slots.get(slot)
+            if state is None:
+                state = self._slots[slot] = self._start(slot, anchor, attention.device)
+            score, hhi = torch.bmm((normalised * normalised).unsqueeze(1), state.terms).squeeze(1).unbind(-1)
+            gate = score < state.threshold[:, 0]
+            state.steered[:, 0].add_(gate)
+            self._monitored_calls += 1
+            edit = self._edit(slot, gate, attention, anchor)
+        if self.keep_history:
+            self._log(slot, normalised, mass, score, hhi, gate)
+        return edit
+
+    def _start(self, slot: int, anchor: Anchor, device: torch.device) -> _SlotState:
+        """Per-prompt constants of one hooked layer, built at its first monitored step."""
+        weights = anchor.weights.to(device)
+        if self.normalize == "anchor":
+            weights = weights / self._anchor_value(slot, "amc", anchor, weights)[:, None]
+        eligible = self._has_image.to(device) & self.steer
+        return _SlotState(
+            terms=torch.stack((weights, torch.ones_like(weights)), dim=-1),
+            threshold=torch.full(eligible.shape, self.tau, device=device).masked_fill(~eligible, float("-inf"))[:, None],
+            steered=torch.zeros(eligible.shape, dtype=torch.int32, device=device)[:, None],
+        )
+
+    def _log(
+        self,
+        slot: int,
+        normalised: torch.Tensor,
+        mass: torch.Tensor,
+        score: torch.Tensor | None,
+        hhi: torch.Tensor | None,
+        gate: torch.Tensor | None,
+    ) -> None:
+        """Append this (step, layer)'s row of :attr:`history` (on the device until read)."""
+        previous = self._previous.get(slot, normalised)
+        self._previous[slot] = normalised
+        change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1)  # 2 x the TV distance
+        if score is None:  # anchor phase: no score, no gate
+            score = torch.full_like(change, float("nan"))
+            hhi = signals.concentration(normalised)
+            gate = torch.zeros_like(change, dtype=torch.bool)
+        self._rows.append(tuple(t.unsqueeze(-1) for t in (score, mass.squeeze(-1), hhi, change, gate)))
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the monitor keeps across steps besides :attr:`history` (for memory checks)."""
+        slots = [t for s in self._slots.values() for t in (s.terms, s.threshold, s.steered)]
+        return [*slots, *self._previous.values(), *self._per_slot.values(), *self._prior.values()]
+
+    def _logprior(self, anchor: Anchor, device: torch.device) -> torch.Tensor:
+        """The prompt's log-prior key bias ``α · log(w + ε)`` ``[B, P]`` on ``device`` (built once)."""
+        prior = self._prior.get(device)
+        if prior is None:
+            prior = self._prior[device] = steering.logprior(anchor.weights.to(device), self.layout, self.alpha, self.eps)
+        return prior
+
+    def _edit(self, slot: int, gate: torch.Tensor, attention: torch.Tensor, anchor: Anchor) -> Callable:
+        """The post-softmax edit of "blend" or "redistribute" for this (step, layer)."""
         layout = self.layout
         positions, valid = layout.positions.to(attention.device), layout.valid.to(attention.device)
-        if self.steering == "logprior":
-            prior = self._prior.get(weights.device)
-            if prior is None:
-                prior = self._prior[weights.device] = steering.logprior(weights, layout, self.alpha, self.eps)
-            return Steer(bias=prior * gate[:, None])
+        weights = anchor.weights.to(attention.device)
         if self.steering == "blend":
             border = self._border_weights(attention.device)
             hhi = signals.concentration(signals.normalise(attention * border))
             gain = steering.blend_gain(hhi, self._anchor_value(slot, "hhi", anchor, weights)) * gate
             target = self._anchor_value(slot, "target", anchor, weights)
-            return Steer(edit=lambda probs: steering.blend(probs, positions, valid, target, gain))
+            return lambda probs: steering.blend(probs, positions, valid, target, gain)
         keep = self._keep_mask(attention) | ~gate[:, None]
-        return Steer(edit=lambda probs: steering.redistribute(probs, positions, valid, keep))
+        return lambda probs: steering.redistribute(probs, positions, valid, keep)
 
     def _anchor_value(self, slot: int, name: str, anchor: Anchor, weights: torch.Tensor) -> torch.Tensor:
         """Per-layer quantities of the anchor phase, computed once per prompt: its AMC (the
@@ -175,16 +255,17 @@ class DriftMonitor:
         if not self._rows or not self.n_layers:
             return {}
         steps = len(self._rows) // self.n_layers
-        rows = torch.stack([r.cpu() for r in self._rows[: steps * self.n_layers]])
-        rows = rows.view(steps, self.n_layers, len(SIGNALS), -1)
-        return {name: rows[:, :, i] for i, name in enumerate(SIGNALS)}
+        rows = self._rows[: steps * self.n_layers]
+        columns = [torch.stack([row[i] for row in rows]).cpu().float() for i in range(len(SIGNALS))]
+        columns[SIGNALS.index("change_rate")] *= 0.5  # rows keep the L1 distance; TV is half of it
+        return {name: column.view(steps, self.n_layers, -1) for name, column in zip(SIGNALS, columns)}
 
     @property
     def intervention_rate(self) -> float:
         """Fraction of monitored (step, layer, row-with-image) cells that were steered."""
         if not self._monitored_calls or self.layout is None:
             return 0.0
-        steered = sum(int(s.sum()) for s in self._steered.values())
+        steered = sum(int(s.steered.sum()) for s in self._slots.values())
         rows = int(self._has_image.sum())
         return steered / (self._monitored_calls * max(rows, 1))
 

@@ -7,9 +7,8 @@ Everything here is pure tensor maths on the device, batched over rows, with no h
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 
-_TINY = 1e-30
+TINY = 1e-30
 
 
 def attention_probs(
@@ -22,34 +21,43 @@ def attention_probs(
     """Post-softmax attention of a single new query over all keys, ``[B, H_kv, G, kv]`` float32.
 
     ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]``; query head ``h`` reads kv head
-    ``h // G`` (transformers' ``repeat_kv`` order), matched without copying the keys.
+    ``h // G`` (transformers' ``repeat_kv`` order), matched by one batched product without copying
+    the keys.
     """
-    heads = query.shape[1]
-    kv_heads = key.shape[1]
-    grouped = rearrange(query, "b (kv g) 1 d -> b kv g d", kv=kv_heads)
-    logits = torch.matmul(grouped, key.transpose(-1, -2)).float() * scaling  # [B, H_kv, G, kv]
+    batch, heads, _, dim = query.shape
+    kv_heads, length = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    logits = torch.bmm(query.reshape(batch * kv_heads, groups, dim), key.reshape(batch * kv_heads, length, dim).mT)
+    logits = logits.view(batch, kv_heads, groups, length).float() * scaling
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
-        mask = attention_mask[..., -1:, : key.shape[-2]]  # [B, 1 | H, 1, kv]
+        mask = attention_mask[..., -1:, :length]  # [B, 1 | H, 1, kv]
         if mask.shape[1] != 1:
-            mask = rearrange(mask, "b (kv g) 1 k -> b kv g k", kv=kv_heads, g=heads // kv_heads)
+            mask = mask.reshape(batch, kv_heads, groups, length)
         if mask.dtype == torch.bool:
-            logits = logits.masked_fill(~mask, float("-inf"))
+            logits = torch.where(mask, logits, float("-inf"))
         else:
-            logits = logits + mask.float()
+            logits = logits + mask
     return torch.softmax(logits, dim=-1)
 
 
-def image_attention(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Head-mean attention on each image key, ``[B, N]`` (0 where ``valid`` is False): the share of
-    the full attention row that lands on each image token."""
-    return probs.mean(dim=(1, 2)).gather(1, positions) * valid
+def image_attention(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Head-mean attention on each image key, ``[B, N]`` (0 where ``valid`` is False; ``None``
+    means every slot is valid): the share of the full attention row that lands on each image token."""
+    return image_attention_total(probs, positions, valid) / (probs.shape[1] * probs.shape[2])
+
+
+def image_attention_total(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """:func:`image_attention` summed over heads instead of averaged (one kernel fewer, for the
+    decode step, where only the normalised attention and the visual mass are used)."""
+    image = probs.flatten(1, 2).sum(1).gather(1, positions)
+    return image if valid is None else image * valid
 
 
 def normalise(attention: torch.Tensor) -> torch.Tensor:
     """``â = a / Σa`` over image keys (zero rows stay zero)."""
-    return attention / attention.sum(-1, keepdim=True).clamp_min(_TINY)
+    return attention / attention.sum(-1, keepdim=True).clamp_min(TINY)
 
 
 def concentration(normalised: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ probabilities of the image keys. Everything is a pure tensor function, gated per
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .adapters import ImageLayout
 
@@ -31,17 +30,18 @@ def add_key_bias(
 ) -> torch.Tensor:
     """Fold a per-row bias of the prefill keys ``[B, P]`` into an attention mask over ``kv_length``
     keys, of any transformers format (``None``, boolean "attend" mask, or additive float mask), as
-    an additive float mask; keys generated after the prefill get no bias."""
-    bias = F.pad(bias, (0, kv_length - bias.shape[-1]))[:, None, None, :]
+    an additive ``dtype`` mask; keys generated after the prefill get no bias.
+
+    A masked key may end at ``-inf`` in low precision; softmax still holds, since every decode
+    query attends at least to its own (never biased) key.
+    """
+    bias = torch.constant_pad_nd(bias, (0, kv_length - bias.shape[-1])).view(bias.shape[0], 1, 1, kv_length)
     if attention_mask is None:
         return bias.to(dtype)
     mask = attention_mask[..., :kv_length]
-    lowest = torch.finfo(dtype).min
     if mask.dtype == torch.bool:
-        combined = torch.where(mask, bias, lowest)
-    else:
-        combined = (mask.float() + bias).clamp_min(lowest)
-    return combined.to(dtype)
+        return torch.where(mask, bias, torch.finfo(dtype).min).to(dtype)
+    return (mask + bias).to(dtype)
 
 
 def blend_gain(hhi: torch.Tensor, hhi_anchor: torch.Tensor) -> torch.Tensor:
