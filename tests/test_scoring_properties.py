@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from adapt_hooks import scoring
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)  # same examples on every run: CI cannot flake
 
 
 @st.composite
