@@ -12,7 +12,7 @@ import torch
 
 from adapt_hooks.tiny import _FAMILIES, tiny_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threads only add contention
 
 _selected = os.environ.get("ADAPT_HOOKS_FAMILIES")
 FAMILIES = [f for f in _FAMILIES if not _selected or f in _selected.split(",")]
