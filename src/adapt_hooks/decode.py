@@ -2,9 +2,9 @@
 can be handed to ``torch.compile`` whole.
 
 From the new query and the keys of one hooked layer it computes the head-mean image attention,
-the anchor-modulated score and its gate, the attention mask with the gated log-prior folded in,
-and (when history is kept) the row of drift signals. No host synchronisation, no Python branching
-on tensor values: the gate acts through arithmetic.
+the anchor-modulated score and its gate, the steered attention probabilities, and (when history
+is kept) the row of drift signals. No host synchronisation, no Python branching on tensor values:
+the gate acts through arithmetic.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import signals, steering
+from . import signals
 
 
 def drift_step(
@@ -28,7 +28,7 @@ def drift_step(
     terms: torch.Tensor,
     threshold: torch.Tensor,
     steered: torch.Tensor,
-    prior: torch.Tensor | None,
+    boost: torch.Tensor | None,
     previous: torch.Tensor | None,
     history: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...] | None]:
@@ -37,14 +37,18 @@ def drift_step(
     ``terms`` ``[B, N, 2]`` holds the anchor weights (already divided by the anchor-phase AMC when
     normalising) and ones, so one batched product gives the score ``Σ â² w`` and ``HHI = Σ â²``;
     ``threshold`` ``[B, 1]`` is ``tau`` where a row may be steered and ``-inf`` elsewhere;
-    ``steered`` ``[B, 1]`` counts steered steps and is updated in place. With a ``prior`` ``[B, P]``
-    (the log-prior bias) the returned mask is ``attention_mask`` plus the prior on gated rows;
-    without one it is ``None``. With ``history`` the returned row holds five ``[B, 1]`` tensors:
-    score, visual mass, HHI, twice the change rate against ``previous`` (the last
-    step's normalised attention, if any) and the gate; :attr:`DriftMonitor.history` stacks and
-    scales them when read.
+    ``steered`` ``[B, 1]`` counts steered steps and is updated in place.
 
-    Returns ``(mask, normalised attention [B, N], row)``.
+    With a ``boost`` ``[B, P]`` (``exp`` of the log-prior bias, minus 1: ``(w + ε)^α − 1`` on the
+    prefill's image keys, 0 elsewhere) the step also returns the steered probabilities
+    ``[B, H_kv, G, kv]``: ``softmax(l + α log(w + ε))`` on gated rows, computed as
+    ``p · (1 + gate · boost)`` renormalised, which saves a second pass over the keys. Without one
+    (observing only) it returns ``None`` there. With ``history`` the returned row holds five
+    ``[B, 1]`` tensors: score, visual mass, HHI, twice the change rate against ``previous`` (the
+    last step's normalised attention, if any) and the gate; :attr:`DriftMonitor.history` stacks
+    and scales them when read.
+
+    Returns ``(steered probabilities, normalised attention [B, N], row)``.
     """
     probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
     attention = signals.image_attention_total(probs, positions, valid)  # head sum: H x the head mean
@@ -54,15 +58,17 @@ def drift_step(
     score = terms[..., 0]  # [B, 1]
     gate = score < threshold
     steered.add_(gate)
-    mask = None
-    if prior is not None:
-        mask = steering.add_key_bias(attention_mask, prior * gate, key.shape[-2], query.dtype)
+    if boost is not None:
+        prefill = boost.shape[-1]
+        factor = (boost * gate).add_(1).view(-1, 1, 1, prefill)
+        probs[..., :prefill].mul_(factor)
+        probs = probs / probs.sum(-1, keepdim=True)
     row = None
     if history:
         previous = normalised if previous is None else previous
         change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1, keepdim=True)  # 2 x the TV distance
         row = (score, mass / query.shape[1], terms[..., 1], change, gate)
-    return mask, normalised, row
+    return (probs if boost is not None else None), normalised, row
 
 
 _COMPILED: list[Callable] = []

@@ -1,9 +1,10 @@
 """The attention function a guard registers with transformers' attention dispatch.
 
 Prefill calls, un-hooked layers and inactive guards go straight to the model's original
-implementation. A decode step (one new query per row) of a hooked layer is observed, and when the
-monitor gates a (row, layer) the anchor's log-prior is folded into the attention mask before the
-original implementation runs, so its fast kernel still does the work.
+implementation. A decode step (one new query per row) of a hooked layer is observed; observing
+alone still hands the step to the original kernel (so the output is bit-identical), while a
+steering guard attends with the probabilities it has just computed and steered, which reads the
+keys once instead of twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from einops import rearrange
 from torch import nn
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -82,13 +82,13 @@ class Interceptor:
             )
         if action is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        if action.mask is not None:
-            return self.base(module, query, key, value, action.mask, **kwargs)
         return _attend(action.probs, value, query.dtype)
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output ``[B, 1, H, D]`` and weights ``[B, H, 1, kv]`` of edited probabilities ``[B, H_kv, G, kv]``."""
+    """Output ``[B, 1, H, D]`` and weights ``[B, H, 1, kv]`` of probabilities ``[B, H_kv, G, kv]``."""
+    batch, kv_heads, groups, length = probs.shape
     probs = probs.to(dtype)
-    out = torch.matmul(probs, value)  # [B, H_kv, G, D]
-    return rearrange(out, "b kv g d -> b 1 (kv g) d"), rearrange(probs, "b kv g k -> b (kv g) 1 k")
+    out = torch.bmm(probs.view(batch * kv_heads, groups, length), value.reshape(batch * kv_heads, length, -1))
+    heads = kv_heads * groups
+    return out.view(batch, heads, 1, -1).transpose(1, 2), probs.view(batch, heads, 1, length)

@@ -27,13 +27,10 @@ class _SlotState:
 
 @dataclass(frozen=True)
 class Steer:
-    """What the interceptor does with this (step, layer): hand the kernel ``mask`` (the model's
-    mask with the gated log-prior folded in, "logprior") or attend with the edited post-softmax
-    ``probs`` ``[B, H_kv, G, kv]`` ("blend", "redistribute"). Rows whose gate is closed are left
-    unchanged by either."""
+    """What the interceptor attends with for this (step, layer): the steered post-softmax
+    ``probs`` ``[B, H_kv, G, kv]``. Rows whose gate is closed keep their attention."""
 
-    mask: torch.Tensor | None = None
-    probs: torch.Tensor | None = None
+    probs: torch.Tensor
 
 
 class DriftMonitor:
@@ -115,16 +112,16 @@ class DriftMonitor:
         state = self._slots.get(slot)
         if state is None:
             state = self._slots[slot] = self._start(slot, anchor, query.device)
-        prior = self._logprior(anchor, query.device) if self.steer else None
-        mask, normalised, row = self._drift_step(
+        boost = self._boost(anchor, query.device) if self.steer else None
+        probs, normalised, row = self._drift_step(
             query, key, attention_mask, scaling, softcap, positions, valid,
-            state.terms, state.threshold, state.steered, prior, self._previous.get(slot), self.keep_history,
+            state.terms, state.threshold, state.steered, boost, self._previous.get(slot), self.keep_history,
         )  # fmt: skip
         self._monitored_calls += 1
         if self.keep_history:
             self._previous[slot] = normalised
             self._rows.append(row)
-        return None if mask is None else Steer(mask=mask)
+        return None if probs is None else Steer(probs=probs)
 
     def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> Callable | None:
         """Signals of one (step, layer) from its head-mean image attention ``[B, N]``, in eager
@@ -182,12 +179,14 @@ class DriftMonitor:
         slots = [t for s in self._slots.values() for t in (s.terms, s.threshold, s.steered)]
         return [*slots, *self._previous.values(), *self._per_slot.values(), *self._prior.values()]
 
-    def _logprior(self, anchor: Anchor, device: torch.device) -> torch.Tensor:
-        """The prompt's log-prior key bias ``α · log(w + ε)`` ``[B, P]`` on ``device`` (built once)."""
-        prior = self._prior.get(device)
-        if prior is None:
-            prior = self._prior[device] = steering.logprior(anchor.weights.to(device), self.layout, self.alpha, self.eps)
-        return prior
+    def _boost(self, anchor: Anchor, device: torch.device) -> torch.Tensor:
+        """``exp(α · log(w + ε)) − 1`` at the prompt's image keys, ``[B, P]`` on ``device``: the
+        multiplicative form of the log-prior bias that :func:`decode.drift_step` applies (built once)."""
+        boost = self._prior.get(device)
+        if boost is None:
+            prior = steering.logprior(anchor.weights.to(device), self.layout, self.alpha, self.eps)
+            boost = self._prior[device] = torch.expm1(prior)
+        return boost
 
     def _edit(self, slot: int, gate: torch.Tensor, attention: torch.Tensor, anchor: Anchor) -> Callable:
         """The post-softmax edit of "blend" or "redistribute" for this (step, layer)."""

@@ -1,8 +1,8 @@
 """Steering (spec section 3): pull a drifted (row, layer) back toward the anchor.
 
 ``"logprior"`` (default) adds ``α · log(w + ε)`` to every head's pre-softmax logits of the image
-keys; the bias is built once per prompt and applied as an additive attention mask, so the original
-attention kernel does the work. ``"blend"`` and ``"redistribute"`` edit the post-softmax
+keys; the bias is built once per prompt and applied in the decode step as the equivalent
+renormalised product (see :func:`adapt_hooks.decode.drift_step`). ``"blend"`` and ``"redistribute"`` edit the post-softmax
 probabilities of the image keys. Everything is a pure tensor function, gated per row on the device.
 """
 
@@ -23,25 +23,6 @@ def logprior(weights: torch.Tensor, layout: ImageLayout, alpha: float, eps: floa
     values = alpha * torch.log(weights.float() + eps) * layout.valid.to(weights.device)
     out = torch.zeros(layout.batch_size, layout.prefill_length, device=weights.device)
     return out.scatter_add_(1, layout.positions.to(weights.device), values)
-
-
-def add_key_bias(
-    attention_mask: torch.Tensor | None, bias: torch.Tensor, kv_length: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """Fold a per-row bias of the prefill keys ``[B, P]`` into an attention mask over ``kv_length``
-    keys, of any transformers format (``None``, boolean "attend" mask, or additive float mask), as
-    an additive ``dtype`` mask; keys generated after the prefill get no bias.
-
-    A masked key may end at ``-inf`` in low precision; softmax still holds, since every decode
-    query attends at least to its own (never biased) key.
-    """
-    bias = torch.constant_pad_nd(bias, (0, kv_length - bias.shape[-1])).view(bias.shape[0], 1, 1, kv_length)
-    if attention_mask is None:
-        return bias.to(dtype)
-    mask = attention_mask[..., :kv_length]
-    if mask.dtype == torch.bool:
-        return torch.where(mask, bias, torch.finfo(dtype).min).to(dtype)
-    return (mask + bias).to(dtype)
 
 
 def blend_gain(hhi: torch.Tensor, hhi_anchor: torch.Tensor) -> torch.Tensor:

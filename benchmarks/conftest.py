@@ -1,0 +1,43 @@
+"""Shared by the benchmark suites: one CPU thread (tiny models only lose to contention), and the
+guarded / unguarded ratio of each case, computed from medians measured in the same run and
+summarised at the end with the targets of docs/performance.md."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+#: median seconds per (group, variant), filled as the benchmarks run (baselines run first)
+MEDIANS: dict[tuple[str, str], float] = {}
+#: (group, variant) -> (ratio, target or None)
+RATIOS: dict[tuple[str, str], tuple[float, float | None]] = {}
+
+
+@pytest.fixture
+def ratio():
+    """``ratio(benchmark, group, variant, baseline="unguarded", target=None)``: record this
+    benchmark's median and, once its baseline has run, its ratio to it (in ``extra_info`` too)."""
+
+    def record(benchmark, group: str, variant: str, baseline: str = "unguarded", target: float | None = None):
+        median = benchmark.stats.stats.median
+        MEDIANS[(group, variant)] = median
+        base = MEDIANS.get((group, baseline))
+        if base is not None and variant != baseline:
+            value = median / base
+            benchmark.extra_info[f"ratio_vs_{baseline}"] = round(value, 3)
+            RATIOS[(group, variant)] = (value, target)
+            return value
+        return None
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RATIOS:
+        return
+    terminalreporter.section("adapt-hooks: guarded / baseline (medians of this run)")
+    for (group, variant), (value, target) in sorted(RATIOS.items()):
+        verdict = "" if target is None else ("  within target" if value <= target else f"  ABOVE target {target:.2f}x")
+        terminalreporter.write_line(f"{group:42s} {variant:22s} {value:6.2f}x{verdict}")
