@@ -17,18 +17,20 @@ RATIOS: dict[tuple[str, str], tuple[float, float | None]] = {}
 
 @pytest.fixture
 def ratio():
-    """``ratio(benchmark, group, variant, baseline="unguarded", target=None)``: record this
-    benchmark's median and, once its baseline has run, its ratio to it (in ``extra_info`` too)."""
+    """``ratio(benchmark, group, variant, baseline="unguarded", target=None, value=None)``: record
+    this benchmark's median (or ``value``, e.g. bytes) and, once its baseline has run, its ratio to
+    it (in ``extra_info`` too)."""
 
-    def record(benchmark, group: str, variant: str, baseline: str = "unguarded", target: float | None = None):
-        median = benchmark.stats.stats.median
+    def record(benchmark, group: str, variant: str, baseline: str = "unguarded", target: float | None = None,
+               value: float | None = None):
+        median = benchmark.stats.stats.median if value is None else value
         MEDIANS[(group, variant)] = median
         base = MEDIANS.get((group, baseline))
         if base is not None and variant != baseline:
-            value = median / base
-            benchmark.extra_info[f"ratio_vs_{baseline}"] = round(value, 3)
-            RATIOS[(group, variant)] = (value, target)
-            return value
+            result = median / base
+            benchmark.extra_info[f"ratio_vs_{baseline}"] = round(result, 3)
+            RATIOS[(group, variant)] = (result, target)
+            return result
         return None
 
     return record

@@ -17,6 +17,7 @@ from transformers.modeling_utils import AttentionInterface
 import adapt_hooks
 from adapt_hooks import DriftMonitor, decode, steering
 from adapt_hooks.adapters import ImageLayout
+from adapt_hooks.interceptor import _attend
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 TINY_MODES = {"unguarded": None, "observe": dict(steer=False), "steer": dict(tau=2.0), "steer-no-history": dict(tau=2.0, history=False)}
@@ -70,7 +71,7 @@ def _llava7b_layer(kv: int = 640, image: int = 576, heads: int = 32, dim: int = 
         terms=torch.stack((anchor, torch.ones_like(anchor)), -1),
         threshold=torch.full((1, 1), 2.0),
         steered=torch.zeros(1, 1, dtype=torch.int32),
-        prior=steering.logprior(anchor, layout, 0.5, 1e-6),
+        boost=torch.expm1(steering.logprior(anchor, layout, 0.5, 1e-6)),
     )
     return q, k, v, positions, state
 
@@ -83,11 +84,13 @@ def test_llava7b_shaped_layer_step(benchmark, ratio, mode):
     q, k, v, positions, s = _llava7b_layer()
     module, scaling = _Layer(), q.shape[-1] ** -0.5
     step = decode.compiled_drift_step() if mode.endswith("compiled") else decode.drift_step
-    prior = None if mode == "observe" else s["prior"]
+    boost = None if mode == "observe" else s["boost"]
 
-    def guarded():
-        mask, _, _ = step(q, k, None, scaling, None, positions, None, s["terms"], s["threshold"], s["steered"], prior, None, False)
-        return sdpa_attention_forward(module, q, k, v, mask, scaling=scaling)
+    def guarded():  # what the interceptor does: observe, then the kernel; or attend with the steered probabilities
+        probs, _, _ = step(q, k, None, scaling, None, positions, None, s["terms"], s["threshold"], s["steered"], boost, None, False)
+        if probs is None:
+            return sdpa_attention_forward(module, q, k, v, None, scaling=scaling)
+        return _attend(probs, v, q.dtype)
 
     def unguarded():
         return sdpa_attention_forward(module, q, k, v, None, scaling=scaling)

@@ -22,7 +22,9 @@ The rules (a new page is picked up automatically):
     argument parser, so every flag must exist and every value must parse;
   - ``pip install`` of the project (``.`` or ``adapt-hooks``, with extras that pyproject.toml
     declares) or of a package pyproject.toml depends on;
-  - ``pytest ...``: not run (it is this suite).
+  - ``pytest ...``: not run (it is this suite or the benchmarks);
+  - ``python benchmarks/NAME.py ...``: the script must exist and answer ``--help`` (scripts that
+    need a GPU or minutes of CPU are not run here; their own tests smoke-test them).
   Anything else fails; a block that cannot follow these rules is marked ``bash no-run``.
 * docs/api.md gives every public name a heading, and each callable its signature on a line of its
   own (`` `adapt_hooks.NAME(parameters) -> result` ``). Each signature line must match
@@ -309,6 +311,14 @@ def _check_pip(args: list[str], where: Block) -> None:
             assert name in packages, f"{where}: pip install {target}: not a dependency in pyproject.toml"
 
 
+def _check_script(path: str, where: Block) -> None:
+    script = ROOT / path
+    assert script.is_file(), f"{where}: {path} does not exist"
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert done.returncode == 0, f"{where}: {path} --help failed: {done.stderr[-500:]}"
+
+
 @pytest.mark.parametrize("page", _pages_with("bash"), ids=_page_id)
 def test_bash_blocks_run_or_parse(page):
     for block in blocks(page):
@@ -323,6 +333,8 @@ def test_bash_blocks_run_or_parse(page):
                 _check_pip(command[2:], block)
             elif command[0] == "pytest":
                 continue  # the test suite itself
+            elif command[0] == "python" and len(command) > 1 and re.fullmatch(r"benchmarks/\w+\.py", command[1]):
+                _check_script(command[1], block)
             else:
                 pytest.fail(f"{block}: {shlex.join(command)!r} is none of the commands tests/test_docs.py can check; "
                             "mark the block `bash no-run` if it must stay")
