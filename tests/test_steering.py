@@ -16,7 +16,6 @@ import adapt_hooks
 from adapt_hooks import DriftMonitor, decode, signals, steering
 from adapt_hooks.adapters import ImageLayout
 from adapt_hooks.interceptor import Interceptor
-from adapt_hooks.monitor import Steer
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import generate
@@ -110,7 +109,7 @@ class _FakeGuard:
         )  # fmt: skip
         self.seen.append(normalised)
         assert steered.tolist() == (self.threshold > 0).int().tolist()
-        return Steer(probs=probs)
+        return probs
 
 
 class _Module(nn.Module):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor, scoring, steering
+from adapt_hooks import DriftMonitor, steering
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import _model, generate

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-import adapt_hooks
 from adapt_hooks import VAGDPOCollator, VAGDPOLoss, make_vagdpo_pair, reference_logps, sequence_logps
 from adapt_hooks.pairs import add_noise, cumulative_alpha
 from adapt_hooks.tiny import tiny_model

@@ -15,7 +15,7 @@ from . import signals
 from .adapters import ImageLayout, get_adapter
 from .anchor import Anchor
 from .interceptor import ACTIVE, Interceptor, resolve_base
-from .monitor import DriftMonitor, Steer
+from .monitor import DriftMonitor
 
 _names = itertools.count()
 
@@ -192,9 +192,9 @@ class Guard:
         attention_mask: torch.Tensor | None,
         scaling: float,
         softcap: float | None,
-    ) -> Steer | None:
+    ) -> torch.Tensor | None:
         """One hooked layer's decode step: recorded for the anchor during its first ``k`` steps,
-        monitored (and maybe steered) after."""
+        monitored after; returns the steered probabilities to attend with, or ``None``."""
         positions, valid = self.positions_on(query.device)
         if self._step > self.anchor.recording_steps and self.anchor.ready:
             return self.monitor._decode(slot, query, key, attention_mask, scaling, softcap, positions, valid, self.anchor)

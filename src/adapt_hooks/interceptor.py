@@ -77,12 +77,12 @@ class Interceptor:
             return self.base(module, query, key, value, attention_mask, **kwargs)
         scaling = kwargs.get("scaling")
         with torch.no_grad():
-            action = self.guard.decode_step(
+            steered = self.guard.decode_step(
                 slot, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling, kwargs.get("softcap")
             )
-        if action is None:
+        if steered is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        return _attend(action.probs, value, query.dtype)
+        return _attend(steered, value, query.dtype)
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,14 +25,6 @@ class _SlotState:
     steered: torch.Tensor  # [B, 1] int32: steps steered so far
 
 
-@dataclass(frozen=True)
-class Steer:
-    """What the interceptor attends with for this (step, layer): the steered post-softmax
-    ``probs`` ``[B, H_kv, G, kv]``. Rows whose gate is closed keep their attention."""
-
-    probs: torch.Tensor
-
-
 class DriftMonitor:
     """Scores every decode step's image attention against the anchor and steers when it drifts.
 
@@ -86,7 +78,7 @@ class DriftMonitor:
         self._slots: dict[int, _SlotState] = {}
         self._previous: dict[int, torch.Tensor] = {}
         self._per_slot: dict[tuple[str, int], torch.Tensor] = {}
-        self._prior: dict[torch.device, torch.Tensor] = {}
+        self._boosts: dict[torch.device, torch.Tensor] = {}
         self._monitored_calls = 0
         self._rows: list[tuple[torch.Tensor, ...]] = []  # per (step, layer): [B, 1] score, mass, HHI, 2 TV, gate
 
@@ -101,14 +93,15 @@ class DriftMonitor:
         positions: torch.Tensor,
         valid: torch.Tensor | None,
         anchor: Anchor,
-    ) -> Steer | None:
+    ) -> torch.Tensor | None:
         """One monitored (step, layer) from the new query and the keys: signals, gate and, when
-        steering, the :class:`Steer` to apply. The hot path: :func:`decode.drift_step`, with every
-        per-prompt constant prepared at the layer's first monitored step."""
+        steering, the probabilities ``[B, H_kv, G, kv]`` to attend with (``None``: leave the step to
+        the model's kernel). The hot path: :func:`decode.drift_step`, with every per-prompt
+        constant prepared at the layer's first monitored step."""
         if self.steer and self.steering != "logprior":
             probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
             edit = self._update(slot, signals.image_attention(probs, positions, valid), anchor, True)
-            return Steer(probs=edit(probs))
+            return edit(probs)
         state = self._slots.get(slot)
         if state is None:
             state = self._slots[slot] = self._start(slot, anchor, query.device)
@@ -121,7 +114,7 @@ class DriftMonitor:
         if self.keep_history:
             self._previous[slot] = normalised
             self._rows.append(row)
-        return None if probs is None else Steer(probs=probs)
+        return probs
 
     def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> Callable | None:
         """Signals of one (step, layer) from its head-mean image attention ``[B, N]``, in eager
@@ -177,15 +170,15 @@ class DriftMonitor:
     def _state_tensors(self) -> list[torch.Tensor]:
         """Every tensor the monitor keeps across steps besides :attr:`history` (for memory checks)."""
         slots = [t for s in self._slots.values() for t in (s.terms, s.threshold, s.steered)]
-        return [*slots, *self._previous.values(), *self._per_slot.values(), *self._prior.values()]
+        return [*slots, *self._previous.values(), *self._per_slot.values(), *self._boosts.values()]
 
     def _boost(self, anchor: Anchor, device: torch.device) -> torch.Tensor:
         """``exp(α · log(w + ε)) − 1`` at the prompt's image keys, ``[B, P]`` on ``device``: the
         multiplicative form of the log-prior bias that :func:`decode.drift_step` applies (built once)."""
-        boost = self._prior.get(device)
+        boost = self._boosts.get(device)
         if boost is None:
             prior = steering.logprior(anchor.weights.to(device), self.layout, self.alpha, self.eps)
-            boost = self._prior[device] = torch.expm1(prior)
+            boost = self._boosts[device] = torch.expm1(prior)
         return boost
 
     def _edit(self, slot: int, gate: torch.Tensor, attention: torch.Tensor, anchor: Anchor) -> Callable:
