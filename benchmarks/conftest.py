@@ -1,8 +1,18 @@
 """Shared by the benchmark suites: one CPU thread (tiny models only lose to contention), and the
-guarded / unguarded ratio of each case, computed from medians measured in the same run and
-summarised at the end with the targets of docs/performance.md."""
+guarded / unguarded ratio of each case, measured in the same run and summarised at the end with
+the targets of docs/performance.md.
+
+pytest-benchmark's tables time each variant on its own (wall clock). The ratios come from
+``paired``: baseline and candidate run alternately and are timed in process CPU time, and the
+ratio is the median of the per-pair ratios, so a machine whose load changes during the run
+(shared CI runners, laptops) still gives a fair comparison.
+"""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -34,6 +44,30 @@ def ratio():
         return None
 
     return record
+
+
+@pytest.fixture
+def paired():
+    """``paired(group, variant, baseline, candidate, rounds=5, number=1, target=None)``: the median
+    over ``rounds`` of (CPU time of ``number`` calls of ``candidate``) / (same for ``baseline``),
+    the two alternating; recorded for the summary."""
+
+    def measure(group: str, variant: str, baseline: Callable, candidate: Callable, rounds: int = 5, number: int = 1,
+                target: float | None = None) -> float:
+        ratios = []
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(number):
+                baseline()
+            middle = time.process_time()
+            for _ in range(number):
+                candidate()
+            ratios.append((time.process_time() - middle) / max(middle - start, 1e-9))
+        value = statistics.median(ratios)
+        RATIOS[(group, variant)] = (value, target)
+        return value
+
+    return measure
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -44,16 +44,23 @@ def _captured_call(monitor: DriftMonitor):
 
 
 @pytest.mark.parametrize("mode", list(TINY_MODES))
-def test_tiny_layer_step(benchmark, ratio, mode):
+def test_tiny_layer_step(benchmark, paired, mode):
+    benchmark.group = "decode step, tiny LLaVA layer"
     run, interceptor, (module, q, k, v, mask, kwargs) = _captured_call(DriftMonitor(**(TINY_MODES[mode] or {})))
-    call = interceptor.base if mode == "unguarded" else interceptor
+
+    def unguarded():
+        return interceptor.base(module, q, k, v, mask, **kwargs)
+
+    def guarded():
+        return interceptor(module, q, k, v, mask, **kwargs)
+
     try:
         with torch.no_grad():
-            benchmark.pedantic(lambda: call(module, q, k, v, mask, **kwargs), rounds=2000, warmup_rounds=100)
+            benchmark.pedantic(unguarded if mode == "unguarded" else guarded, rounds=2000, warmup_rounds=100)
+            if mode != "unguarded":
+                paired("decode step: tiny LLaVA layer", mode, unguarded, guarded, rounds=7, number=300)
     finally:
         run.__exit__(None, None, None)
-    benchmark.group = "decode step, tiny LLaVA layer"
-    ratio(benchmark, "decode step: tiny LLaVA layer", mode)
 
 
 class _Layer(nn.Module):
@@ -80,7 +87,8 @@ LAYER_MODES = ("unguarded", "observe", "steer", "steer-compiled")
 
 
 @pytest.mark.parametrize("mode", LAYER_MODES)
-def test_llava7b_shaped_layer_step(benchmark, ratio, mode):
+def test_llava7b_shaped_layer_step(benchmark, paired, mode):
+    benchmark.group = "decode step, LLaVA-7B-shaped layer"
     q, k, v, positions, s = _llava7b_layer()
     module, scaling = _Layer(), q.shape[-1] ** -0.5
     step = decode.compiled_drift_step() if mode.endswith("compiled") else decode.drift_step
@@ -98,6 +106,6 @@ def test_llava7b_shaped_layer_step(benchmark, ratio, mode):
     fn = unguarded if mode == "unguarded" else guarded
     with torch.no_grad():
         fn()  # compiles, for the compiled mode
-        benchmark.pedantic(fn, rounds=300, warmup_rounds=20)
-    benchmark.group = "decode step, LLaVA-7B-shaped layer"
-    ratio(benchmark, "decode step: LLaVA-7B-shaped layer", mode)
+        benchmark.pedantic(fn, rounds=200, warmup_rounds=20)
+        if mode != "unguarded":
+            paired("decode step: LLaVA-7B-shaped layer", mode, unguarded, guarded, rounds=7, number=20)

@@ -22,19 +22,23 @@ MODES = {
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("family", model_types())
-def test_generate(benchmark, ratio, family, mode):
+def test_generate(benchmark, paired, family, mode):
     torch.manual_seed(0)
     model = tiny_model(family, "sdpa")
     inputs = tiny_inputs(model, 1)
     options = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
 
-    def run():
+    def unguarded():
         with torch.no_grad():
-            if MODES[mode] is None:
-                return model.generate(**inputs, **options)
-            with adapt_hooks.guard(model, monitor=MODES[mode]()):
-                return model.generate(**inputs, **options)
+            return model.generate(**inputs, **options)
+
+    def guarded():
+        with torch.no_grad(), adapt_hooks.guard(model, monitor=MODES[mode]()):
+            return model.generate(**inputs, **options)
 
     benchmark.group = f"generate {family}"
-    benchmark.pedantic(run, rounds=7, warmup_rounds=1)
-    ratio(benchmark, f"generate 64 tokens: {family}", mode, target=TARGET if mode.startswith("steer") else None)
+    benchmark.pedantic(unguarded if MODES[mode] is None else guarded, rounds=5, warmup_rounds=1)
+    if MODES[mode] is not None:
+        target = TARGET if mode.startswith("steer") else None
+        value = paired(f"generate 64 tokens: {family}", mode, unguarded, guarded, rounds=5, target=target)
+        benchmark.extra_info["ratio_vs_unguarded"] = round(value, 3)

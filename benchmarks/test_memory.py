@@ -47,6 +47,7 @@ def _generate(model, inputs, monitor, new_tokens):
 
 @pytest.mark.parametrize("mode", ["unguarded", "steer", "steer-no-history"])
 def test_peak_memory(benchmark, ratio, mode):
+    benchmark.group = "peak memory, tiny LLaVA, batch 2, 64 tokens"
     model = tiny_model("llava", "sdpa").to(DEVICE)
     inputs = {k: v.to(DEVICE) for k, v in tiny_inputs(model, 2).items()}
     monitor = {"unguarded": None, "steer": DriftMonitor(tau=0.9), "steer-no-history": DriftMonitor(tau=0.9, history=False)}[mode]
@@ -55,12 +56,12 @@ def test_peak_memory(benchmark, ratio, mode):
     peaks = []
     benchmark.pedantic(lambda: peaks.append(peak_bytes(run)), rounds=3, warmup_rounds=0)
     peak = min(peaks)
-    benchmark.group = "peak memory, tiny LLaVA, batch 2, 64 tokens"
     benchmark.extra_info["peak_kib"] = round(peak / 1024, 1)
     ratio(benchmark, f"peak memory ({DEVICE}): tiny LLaVA, 64 tokens", mode, value=peak)
 
 
 def test_state_does_not_grow_with_tokens(benchmark):
+    benchmark.group = "guard state bytes, history off"
     model = tiny_model("llava", "sdpa")
     inputs = tiny_inputs(model, 2)
     sizes = {}
@@ -72,6 +73,5 @@ def test_state_does_not_grow_with_tokens(benchmark):
             sizes[new_tokens] = sum(t.numel() * t.element_size() for t in run.monitor._state_tensors())
 
     benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
-    benchmark.group = "guard state bytes, history off"
     benchmark.extra_info.update({f"state_bytes_{n}_tokens": size for n, size in sizes.items()})
     assert sizes[16] == sizes[128] > 0

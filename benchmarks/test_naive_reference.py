@@ -23,9 +23,14 @@ def _generate(model, inputs):
 
 
 @pytest.mark.parametrize("impl", ["unguarded", "adapt-hooks", "naive"])
-def test_steering_against_naive_reference(benchmark, ratio, impl):
+def test_steering_against_naive_reference(benchmark, paired, impl):
+    benchmark.group = "steering: adapt-hooks vs naive reference"
     model = tiny_model("llava", "eager")
     inputs = tiny_inputs(model, 2)
+
+    def unguarded():
+        with torch.no_grad():
+            return _generate(model, inputs)
 
     def run():
         with torch.no_grad():
@@ -38,10 +43,10 @@ def test_steering_against_naive_reference(benchmark, ratio, impl):
                 return _generate(model, inputs)
 
     out = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    if impl != "unguarded":
+        paired("steering, tiny LLaVA eager, batch 2", impl, unguarded, run, rounds=5)
     with torch.no_grad(), adapt_hooks.guard(model, monitor=DriftMonitor(tau=TAU)) as guarded:
         reference = _generate(model, inputs)
     if impl != "unguarded":
         assert torch.equal(out, reference)
         assert 0 < guarded.monitor.intervention_rate < 1
-    benchmark.group = "steering: adapt-hooks vs naive reference"
-    ratio(benchmark, "steering, tiny LLaVA eager, batch 2", impl)
