@@ -15,7 +15,7 @@ import torch
 from . import persistence, scoring
 from .adapters import Grid, ImageLayout
 from .debias import DebiasMask
-from .validation import check_number
+from .validation import check_count, check_number
 
 FUSION = {"authors": scoring.COMBINED_WEIGHTS, "paper": scoring.PAPER_WEIGHTS}
 KIND = "anchor"
@@ -37,8 +37,7 @@ class Anchor:
     def __init__(
         self, k: int = 5, *, fusion: str = "authors", temperature: float = 0.1, debias: DebiasMask | None = None
     ) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"Anchor(k=...) must be a positive integer number of decode steps, got {k!r}.")
+        k = check_count("Anchor(k=...) (decode steps)", k)
         if fusion not in FUSION:
             raise ValueError(f"Anchor(fusion=...) must be one of {tuple(FUSION)}, got {fusion!r}.")
         if debias is not None and not isinstance(debias, DebiasMask):
@@ -130,12 +129,15 @@ class Anchor:
         anchor.layout = ImageLayout(torch.arange(n).expand(len(rows), n), valid, tuple(rows), n)
         anchor._weights = weights.float() * valid.to(weights.device)
         anchor._maps = None if maps is None else maps.float()
+        anchor._preset_state = (anchor.layout, anchor._weights, anchor._maps)
         return anchor
 
     # -- recording (called by the guard) ------------------------------------------------------
     def _reset(self, layout: ImageLayout | None, layer_ids: list[int], n_layers: int) -> None:
         """Start a new prompt: forget the last one, or check that a preset anchor fits it."""
         if self.preset:
+            # each prompt starts from the preset as given (the last prompt may have reordered it)
+            self.layout, self._weights, self._maps = self._preset_state
             if layout is not None:
                 self._fit(layout)
             return
@@ -171,6 +173,19 @@ class Anchor:
         else:
             total.add_(attention)
         self._steps += last_layer
+
+    def _reorder(self, index: torch.Tensor) -> None:
+        """Follow a reordering of the cache rows (beam search): row ``b`` continues the hypothesis
+        of row ``index[b]``, so the recorded sums (while recording) and the built anchor follow it.
+        ``index`` is a device tensor: no host sync. The layout is not reordered: beams are
+        reordered among the rows of one prompt, which share its layout."""
+        def gather(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, index.to(t.device))
+
+        self._sums = {slot: gather(t) for slot, t in self._sums.items()}
+        self._weights, self._maps = gather(self._weights), gather(self._maps)
+        if not self.preset:  # a preset's fused map and layer weights are the file's, not per row
+            self._fused, self._layer_weights = gather(self._fused), gather(self._layer_weights)
 
     @property
     def recording_steps(self) -> int:
@@ -257,13 +272,40 @@ class Anchor:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Anchor:
-        """A preset anchor read from :meth:`save`'s file (see :meth:`from_weights`)."""
+        """A preset anchor read from :meth:`save`'s file (see :meth:`from_weights`); a
+        ``ValueError`` naming the file and what is wrong for anything but a valid anchor."""
         tensors, meta = persistence.load(path, KIND, ("weights", "grids"))
-        weights, table = tensors["weights"], tensors["grids"].tolist()
-        grids = [[(h, w) for r, _, h, w in table if r == b] for b in range(weights.shape[0])]
-        anchor = cls.from_weights(weights, grids, maps=tensors.get("maps"), k=int(meta.get("k", 5)))
+        try:
+            return cls._from_file(tensors, meta)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid adapt-hooks anchor: {str(error).rstrip('.')}.") from error
+
+    @classmethod
+    def _from_file(cls, tensors: dict[str, torch.Tensor], meta: dict) -> Anchor:
+        """The anchor of a file's tensors and metadata, checked so that a corrupted file cannot
+        reach the guard (non-finite or negative weights would turn into NaN steering)."""
+        weights = persistence.check_tensor("weights", tensors["weights"], 2)
+        if bool((weights < 0).any()):
+            raise ValueError("weights has negative values")
+        table = persistence.check_tensor("grids", tensors["grids"], 2, floating=False)
+        batch, n = weights.shape
+        if table.shape[1] != 4 or bool((table[:, 0] < 0).any() | (table[:, 0] >= batch).any()):
+            raise ValueError(f"grids must be rows of (row < {batch}, offset, height, width), got {table.tolist()}")
+        if bool((table[:, 2:] < 1).any()):
+            raise ValueError(f"grids has a grid without tokens: {table.tolist()}")
+        expected = {"maps": (3, (batch, None, n)), "fused": (2, (batch, n)), "layer_weights": (2, (batch, None))}
+        for name, (ndim, shape) in expected.items():
+            if name in tensors:
+                found = persistence.check_tensor(name, tensors[name], ndim).shape
+                if any(size is not None and size != got for size, got in zip(shape, found)):
+                    raise ValueError(f"{name} has shape {tuple(found)}, which does not fit weights {tuple(weights.shape)}")
+        table = table.tolist()
+        grids = [[(h, w) for r, _, h, w in table if r == b] for b in range(batch)]
+        anchor = cls.from_weights(weights, grids, maps=tensors.get("maps"), k=check_count("k", meta.get("k", 5)))
         anchor.fusion = meta.get("fusion", anchor.fusion)
-        anchor.layer_ids, anchor.n_layers = list(meta.get("layer_ids", [])), int(meta.get("n_layers", 0))
+        if anchor.fusion not in FUSION:
+            raise ValueError(f"fusion {anchor.fusion!r} is not one of {tuple(FUSION)}")
+        anchor.layer_ids, anchor.n_layers = [int(i) for i in meta.get("layer_ids", [])], int(meta.get("n_layers", 0))
         anchor._fused, anchor._layer_weights = tensors.get("fused"), tensors.get("layer_weights")
         return anchor
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import persistence
 from .prompts import chat_prompt
+from .validation import check_count
 
 KIND = "debias-mask"
 
@@ -61,12 +62,25 @@ class DebiasMask:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DebiasMask:
+        """A mask read from :meth:`save`'s file; a ``ValueError`` naming the file and what is wrong
+        for anything but a valid mask (grid names ``HxW``, finite values in [0, 1])."""
         tensors, meta = persistence.load(path, KIND, ())
         try:
-            masks = {tuple(int(v) for v in name.split("x")): t for name, t in tensors.items()}
+            masks = {}
+            for name, tensor in tensors.items():
+                try:
+                    h, w = (int(v) for v in name.split("x"))
+                except ValueError:
+                    raise ValueError(f"its tensor {name!r} is not named HxW") from None
+                persistence.check_tensor(name, tensor, 2)
+                if tensor.shape != (h, w) or h < 1 or w < 1:
+                    raise ValueError(f"mask {name} has shape {tuple(tensor.shape)}")
+                if bool((tensor < 0).any() | (tensor > 1).any()):
+                    raise ValueError(f"mask {name} has values outside [0, 1]")
+                masks[(h, w)] = tensor
+            return cls(masks, meta)
         except ValueError as error:
-            raise ValueError(f"{os.fspath(path)!r} has a tensor that is not named HxW: {list(tensors)}.") from error
-        return cls(masks, meta)
+            raise ValueError(f"{os.fspath(path)!r} is not a valid adapt-hooks debias mask: {str(error).rstrip('.')}.") from error
 
 
 def processor_inputs(processor, prompt: str = "Describe the image.") -> Callable[[], Mapping[str, torch.Tensor]]:
@@ -108,8 +122,7 @@ def estimate_debias_mask(
     from .guard import guard
     from .monitor import DriftMonitor
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"estimate_debias_mask(n=...) must be a positive integer, got {n!r}.")
+    n = check_count("estimate_debias_mask(n=...)", n)
     generator = torch.Generator().manual_seed(seed)
     sums: dict[tuple[int, int], torch.Tensor] = {}
     counts: dict[tuple[int, int], int] = {}

@@ -62,7 +62,7 @@ def drift_step(
         prefill = boost.shape[-1]
         factor = (boost * gate).add_(1).view(-1, 1, 1, prefill)
         probs[..., :prefill].mul_(factor)
-        probs = probs / probs.sum(-1, keepdim=True)
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(signals.TINY)  # a fully masked row stays 0
     row = None
     if history:
         previous = normalised if previous is None else previous

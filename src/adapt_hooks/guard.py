@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -27,6 +28,11 @@ class Guard:
     Entering points the language model's attention implementation at a freshly registered
     interceptor and adds one forward pre-hook on the model; leaving (normally or by exception)
     undoes both and unregisters the name. A guard can be entered again after it was left.
+
+    While a prompt is guarded, its KV cache's ``reorder_cache`` (what beam search calls between
+    steps) also reorders the anchor's and the monitor's per-row state, so that each row's state
+    follows its hypothesis; the cache is given back untouched when the next prompt starts or the
+    guard is left.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class Guard:
         self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._step = 0
         self._warned = False
+        self._cache: weakref.ref | None = None  # the cache whose reorder_cache this guard wraps
 
     def _check_layers(self, layers: Iterable[int] | None, hookable: list[int]) -> list[int]:
         if layers is None:
@@ -104,7 +111,7 @@ class Guard:
             AttentionMaskInterface.register(self._name, mask_builder)
         ACTIVE[self._name] = interceptor
         self._installed = True
-        self._hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self._hook = self.model.register_forward_pre_hook(_PreHook(self), with_kwargs=True)
         text_config._attn_implementation = self._name
         self._begin(None)
 
@@ -121,6 +128,7 @@ class Guard:
             AttentionMaskInterface._global_mapping.pop(self._name, None)
             ACTIVE.pop(self._name, None)
             self._name = None
+        self._release_cache()
         self._installed = False
         self._layout_by_device = {}
 
@@ -128,15 +136,59 @@ class Guard:
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook: a call on an empty cache is a new prompt, any other a decode step."""
         cache = kwargs.get("past_key_values")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
         if cache is None or cache.get_seq_length() == 0:
-            input_ids = kwargs.get("input_ids", args[0] if args else None)
-            self._begin(input_ids, kwargs)
+            self._begin(input_ids, kwargs, training=module.training)
         elif self._layout is not None:
+            new = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+            if new is not None and new.shape[1] != 1:
+                raise ValueError(
+                    f"adapt_hooks.guard: this forward call brings {new.shape[1]} new tokens to a non-empty KV cache; "
+                    "the guard observes and steers one new token per row and decode step. Assisted or speculative "
+                    "decoding (assistant_model=, prompt_lookup_num_tokens=) and chunked prefill (prefill_chunk_size=) "
+                    "are not supported: generate without them, or start the prompt on an empty cache."
+                )
             self._step += 1
+        if self._layout is not None and cache is not None:
+            self._follow(cache)
 
-    def _begin(self, input_ids: torch.Tensor | None, inputs: dict | None = None) -> None:
+    # -- beam search ----------------------------------------------------------------------------
+    def _follow(self, cache) -> None:
+        """Have ``cache.reorder_cache`` also reorder this guard's per-row state (see
+        :class:`_Reorder`); the previous prompt's cache, if another, is released first."""
+        if self._cache is not None and self._cache() is cache:
+            return
+        self._release_cache()
+        if not callable(getattr(type(cache), "reorder_cache", None)):
+            return  # not a transformers cache: nothing reorders it
+        wrapper = vars(cache).get("reorder_cache")
+        if wrapper is None:
+            wrapper = cache.reorder_cache = _Reorder(cache)
+        elif not isinstance(wrapper, _Reorder):
+            return  # someone else's instance-level reorder_cache: leave it alone
+        wrapper.guards.append(weakref.ref(self))
+        self._cache = weakref.ref(cache)
+
+    def _release_cache(self) -> None:
+        """Stop following the cache; the last guard to leave gives it its own ``reorder_cache`` back."""
+        cache = None if self._cache is None else self._cache()
+        self._cache = None
+        wrapper = None if cache is None else vars(cache).get("reorder_cache")
+        if isinstance(wrapper, _Reorder):
+            wrapper.guards[:] = [ref for ref in wrapper.guards if ref() not in (self, None)]
+            if not wrapper.guards:
+                del cache.reorder_cache
+
+    def _reorder(self, beam_idx: torch.Tensor) -> None:
+        """Row ``b`` of the cache now continues the hypothesis of row ``beam_idx[b]``: the anchor
+        and the monitor gather their per-row state the same way (on the device, no host sync)."""
+        self.anchor._reorder(beam_idx)
+        self.monitor._reorder(beam_idx)
+
+    def _begin(self, input_ids: torch.Tensor | None, inputs: dict | None = None, training: bool = False) -> None:
         self._step = 0
         self._layout, self._layout_by_device = None, {}
+        self._release_cache()
         if input_ids is not None:
             layout = self.adapter.layout(self.model.config, input_ids, inputs or {})
             if layout.any_image:
@@ -148,7 +200,7 @@ class Guard:
                     stacklevel=4,
                 )
         self.anchor._reset(self._layout, self.layers, self.n_layers)
-        self.monitor._reset(self._layout, len(self.layers))
+        self.monitor._reset(self._layout, len(self.layers), training=training)
         if self._layout is not None:
             self._check_prompt(self._layout)
 
@@ -206,6 +258,59 @@ class Guard:
         """Feed one hooked layer's image attention of an anchor-phase step to the anchor and monitor."""
         self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
         self.monitor._update(slot, attention, self.anchor, monitoring=False)
+
+
+class _PreHook:
+    """The guard's forward pre-hook. It runs eagerly inside a ``torch.compile``'d forward (the
+    per-prompt state lives in Python, which a compiled graph would freeze), and it refuses to be
+    copied or pickled: a copy of the model would keep pointing at this guard's attention function,
+    which is unregistered when the ``with`` block ends."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.compiler.is_compiling():  # traced by torch.compile: break the graph, run eagerly
+            _eager_on_forward(self.guard, module, args, kwargs)
+        else:
+            self.guard._on_forward(module, args, kwargs)
+
+    def _refuse(self, *args) -> None:
+        raise TypeError(
+            f"A model inside `with adapt_hooks.guard(...)` cannot be copied or pickled ({type(self.guard.model).__name__} "
+            "would keep pointing at the guard's attention function, which is unregistered when the block ends): copy or "
+            "save it before entering or after leaving the block."
+        )
+
+    __deepcopy__ = __reduce_ex__ = __reduce__ = _refuse
+
+
+_eager_on_forward = torch.compiler.disable(Guard._on_forward)
+
+
+class _Reorder:
+    """Set on a cache instance as its ``reorder_cache`` while guards follow it: runs the cache's
+    own reordering, then lets each following guard reorder its per-row state the same way.
+    Holds the cache and the guards by weak reference, so that it keeps neither alive."""
+
+    def __init__(self, cache) -> None:
+        self.cache = weakref.ref(cache)
+        self.guards: list[weakref.ref] = []
+
+    def __call__(self, beam_idx: torch.Tensor, *args, **kwargs):
+        cache = self.cache()
+        result = type(cache).reorder_cache(cache, beam_idx, *args, **kwargs)
+        for ref in list(self.guards):
+            guard = ref()
+            if guard is not None and guard._layout is not None:
+                guard._reorder(beam_idx)
+        return result
+
+    def __deepcopy__(self, memo: dict) -> _Reorder:
+        """A copied cache reorders only itself (``copy.deepcopy`` registers the copy in ``memo``
+        before copying its attributes)."""
+        copy = memo.get(id(self.cache()))
+        return _Reorder(copy) if copy is not None else self
 
 
 def _ranges(indices: list[int]) -> str:

@@ -55,7 +55,11 @@ def resolve_base(implementation: str | None, module: nn.Module) -> tuple[Attenti
 
 
 class Interceptor:
-    """Callable registered under a unique name for the lifetime of one guard."""
+    """Callable registered under a unique name for the lifetime of one guard.
+
+    Inside a ``torch.compile``'d forward (``generate`` compiles it with a static cache on GPU) it
+    runs eagerly, at a graph break: the guard's per-prompt state lives in Python, which a compiled
+    graph would freeze."""
 
     def __init__(self, guard: Guard, base: AttentionFn, mask_builder: Callable | None, slots: dict[int, int]) -> None:
         self.guard = guard
@@ -63,7 +67,12 @@ class Interceptor:
         self.mask_builder = mask_builder
         self.slots = slots  # id(attention module) -> hooked-layer slot
 
-    def __call__(
+    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if torch.compiler.is_compiling():  # traced by torch.compile: break the graph, run eagerly
+            return self._eager(*args, **kwargs)
+        return self._call(*args, **kwargs)
+
+    def _call(
         self,
         module: nn.Module,
         query: torch.Tensor,
@@ -83,6 +92,9 @@ class Interceptor:
         if steered is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
         return _attend(steered, value, query.dtype)
+
+
+Interceptor._eager = torch.compiler.disable(Interceptor._call)
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

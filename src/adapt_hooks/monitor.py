@@ -35,6 +35,10 @@ class DriftMonitor:
     probabilities). All of it runs on the device; :attr:`history` keeps the signals of every step
     unless ``history=False``. ``compile=True`` runs the per-step maths through ``torch.compile``
     (worth it on GPU; the first prompt pays the compilation).
+
+    While the model is in training mode (``model.train()``) the monitor only observes, so that a
+    guard left around a training loop never changes what is learnt; ``steer_in_training=True``
+    steers there too. The mode is read at each prompt's prefill.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class DriftMonitor:
         history: bool = True,
         steering: str = "logprior",
         compile: bool = False,
+        steer_in_training: bool = False,
     ) -> None:
         self.tau = check_number("DriftMonitor(tau=...)", tau)
         self.alpha = check_number("DriftMonitor(alpha=...)", alpha)
@@ -57,6 +62,7 @@ class DriftMonitor:
         if steering not in steering_modes():
             raise ValueError(f"DriftMonitor(steering=...) must be one of {steering_modes()}, got {steering!r}.")
         self.steer = bool(steer)
+        self.steer_in_training = bool(steer_in_training)
         self.normalize = normalize
         self.keep_history = bool(history)
         self.steering = steering
@@ -67,13 +73,17 @@ class DriftMonitor:
     def __repr__(self) -> str:
         return (
             f"DriftMonitor(tau={self.tau}, alpha={self.alpha}, steer={self.steer}, normalize={self.normalize!r}, "
-            f"steering={self.steering!r}" + (", compile=True)" if self.compile else ")")
+            f"steering={self.steering!r}" + (", compile=True" if self.compile else "")
+            + (", steer_in_training=True)" if self.steer_in_training else ")")
         )
 
     # -- per prompt / per step (called by the guard) ------------------------------------------
-    def _reset(self, layout: ImageLayout | None, n_layers: int) -> None:
+    def _reset(self, layout: ImageLayout | None, n_layers: int, training: bool = False) -> None:
+        """Start a new prompt of ``layout``; ``training`` is the model's mode at its prefill, which
+        turns steering off for this prompt unless ``steer_in_training``."""
         self.layout = layout
         self.n_layers = n_layers
+        self._steering_now = self.steer and (self.steer_in_training or not training)
         self._has_image = None if layout is None else layout.has_image
         self._slots: dict[int, _SlotState] = {}
         self._previous: dict[int, torch.Tensor] = {}
@@ -98,14 +108,14 @@ class DriftMonitor:
         steering, the probabilities ``[B, H_kv, G, kv]`` to attend with (``None``: leave the step to
         the model's kernel). The hot path: :func:`decode.drift_step`, with every per-prompt
         constant prepared at the layer's first monitored step."""
-        if self.steer and self.steering != "logprior":
+        if self._steering_now and self.steering != "logprior":
             probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
             edit = self._update(slot, signals.image_attention(probs, positions, valid), anchor, True)
             return edit(probs)
         state = self._slots.get(slot)
         if state is None:
             state = self._slots[slot] = self._start(slot, anchor, query.device)
-        boost = self._boost(anchor, query.device) if self.steer else None
+        boost = self._boost(anchor, query.device) if self._steering_now else None
         probs, normalised, row = self._drift_step(
             query, key, attention_mask, scaling, softcap, positions, valid,
             state.terms, state.threshold, state.steered, boost, self._previous.get(slot), self.keep_history,
@@ -141,7 +151,7 @@ class DriftMonitor:
         weights = anchor.weights.to(device)
         if self.normalize == "anchor":
             weights = weights / self._anchor_value(slot, "amc", anchor, weights)[:, None]
-        eligible = self._has_image.to(device) & self.steer
+        eligible = self._has_image.to(device) & self._steering_now
         return _SlotState(
             terms=torch.stack((weights, torch.ones_like(weights)), dim=-1),
             threshold=torch.full(eligible.shape, self.tau, device=device).masked_fill(~eligible, float("-inf"))[:, None],
@@ -166,6 +176,20 @@ class DriftMonitor:
             hhi = signals.concentration(normalised)
             gate = torch.zeros_like(change, dtype=torch.bool)
         self._rows.append(tuple(t.unsqueeze(-1) for t in (score, mass.squeeze(-1), hhi, change, gate)))
+
+    def _reorder(self, index: torch.Tensor) -> None:
+        """Follow a reordering of the cache rows (beam search): row ``b`` continues the hypothesis
+        of row ``index[b]``, so every per-row state of the current prompt is gathered with
+        ``index`` (a device tensor: no host sync). The ``steered`` counters and the recorded
+        history are not: they count (step, layer, row) cells that were already steered or seen."""
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, index.to(t.device))
+
+        for state in self._slots.values():
+            state.terms, state.threshold = gather(state.terms), gather(state.threshold)
+        self._previous = {slot: gather(t) for slot, t in self._previous.items()}
+        self._per_slot = {key: gather(t) for key, t in self._per_slot.items()}
+        self._boosts = {device: gather(t) for device, t in self._boosts.items()}
 
     def _state_tensors(self) -> list[torch.Tensor]:
         """Every tensor the monitor keeps across steps besides :attr:`history` (for memory checks)."""

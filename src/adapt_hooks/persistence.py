@@ -38,9 +38,23 @@ def load(path: str | os.PathLike, kind: str, required: tuple[str, ...]) -> tuple
         meta = json.loads(metadata.get(META_KEY, "{}"))
     except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path!r} is not a readable safetensors file ({error}).") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path!r} is not a valid adapt-hooks {kind}: its metadata is not a JSON object.")
     if found != kind:
         raise ValueError(f"{path!r} holds {found or 'no adapt-hooks data'!r}, not an adapt-hooks {kind}.")
     missing = [name for name in required if name not in tensors]
     if missing:
         raise ValueError(f"{path!r} is an incomplete {kind}: missing tensors {missing}.")
     return tensors, meta
+
+
+def check_tensor(name: str, tensor: torch.Tensor, ndim: int, *, floating: bool = True) -> torch.Tensor:
+    """``tensor`` if it has ``ndim`` dimensions and a floating (or, with ``floating=False``,
+    integer) dtype and finite values; else a ``ValueError`` saying what is wrong with ``name``."""
+    if tensor.ndim != ndim:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {ndim} dimensions")
+    if tensor.dtype.is_floating_point != floating or tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError(f"{name} has dtype {tensor.dtype}, expected {'a floating' if floating else 'an integer'} dtype")
+    if floating and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return tensor

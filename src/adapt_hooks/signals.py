@@ -23,12 +23,15 @@ def attention_probs(
     ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]``; query head ``h`` reads kv head
     ``h // G`` (transformers' ``repeat_kv`` order), matched by one batched product without copying
     the keys.
+
+    Always finite, so that no signal turns NaN: logits that overflowed the model's dtype become
+    the largest float32, and a fully masked row gets zero attention everywhere.
     """
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     logits = torch.bmm(query.reshape(batch * kv_heads, groups, dim), key.reshape(batch * kv_heads, length, dim).mT)
-    logits = logits.view(batch, kv_heads, groups, length).float() * scaling
+    logits = torch.nan_to_num(logits.view(batch, kv_heads, groups, length).float() * scaling)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
@@ -39,7 +42,7 @@ def attention_probs(
             logits = torch.where(mask, logits, float("-inf"))
         else:
             logits = logits + mask
-    return torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
 
 
 def image_attention(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
