@@ -75,6 +75,8 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path):
         (["run", "--model", tmp_path / "nowhere", "--image", checkpoint / "scene.png", "--prompt", "x"], "cannot load --model"),
         (["debias", "--model", checkpoint, "--out", tmp_path / "m.safetensors", "--device", "cuda"], "no CUDA GPU"),
         (["demo", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["run", "--model", tmp_path / "nowhere", "--image", checkpoint / "scene.png", "--prompt", "x",
+          "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["demo", "--tau", "-1"], "DriftMonitor(tau=...) must be >= 0"),
     ]
     if torch.cuda.is_available():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt_hooks import VAGDPOCollator, VAGDPOLoss, make_vagdpo_pair, reference_logps, sequence_logps
+from adapt_hooks import VAGDPOCollator, VAGDPOLoss, dpo_loss, make_vagdpo_pair, reference_logps, sequence_logps
 from adapt_hooks.pairs import add_noise, cumulative_alpha
 from adapt_hooks.tiny import tiny_model
 from adapt_hooks.tiny.llava import processor
@@ -59,6 +59,8 @@ def test_sft_term_and_settings():
     for bad in (dict(beta=0), dict(loss_type="kto"), dict(label_smoothing=0.5), dict(sft_weight=-1)):
         with pytest.raises(ValueError):
             VAGDPOLoss(**bad)
+    with pytest.raises(ValueError, match=r"dpo_loss\(beta=...\)"):  # the functional form checks it too
+        dpo_loss(pc, pr, rc, rr, beta=0.0, loss_type="ipo")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

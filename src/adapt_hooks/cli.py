@@ -86,8 +86,6 @@ def demo(args: argparse.Namespace) -> None:
     from .tiny import tiny_model
     from .tiny.llava import demo_image, processor
 
-    if args.max_new_tokens < 1:
-        raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     model = tiny_model("llava", "sdpa", seed=args.seed)
     print(f"adapt-hooks {__version__} demo: a tiny random-weight LLaVA built from its config (no download), "
           f"K={args.k}, tau={args.tau}, alpha={args.alpha}")
@@ -110,9 +108,10 @@ def debias(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {mask!r}")
 
 
-def _common(parser: argparse.ArgumentParser, steering: bool = True) -> None:
+def _common(parser: argparse.ArgumentParser, steering: bool = True, seed: bool = True) -> None:
     parser.add_argument("--k", type=int, default=5, help="anchor decode steps K (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     if steering:
         parser.add_argument("--tau", type=float, default=0.6, help="drift threshold on AMC / anchor AMC (default: 0.6)")
         parser.add_argument("--alpha", type=float, default=0.5, help="strength of the anchor log-prior (default: 0.5)")
@@ -142,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     _loading(p)
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question about the image")
-    _common(p)
+    _common(p, seed=False)  # greedy decoding: nothing to seed
     p.set_defaults(handler=run)
     p = commands.add_parser("debias", help="estimate a debias mask on noise images",
                             description="Run the model on noise images and save its spatial-bias mask (safetensors).")
@@ -157,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "max_new_tokens", 1) < 1:  # before any download
+            raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         args.handler(args)
     except (CommandError, ValueError, TypeError) as error:
         print(f"adapt-hooks {args.command}: {error}", file=sys.stderr)

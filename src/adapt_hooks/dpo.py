@@ -29,6 +29,7 @@ def dpo_loss(
     "sigmoid" ``−(1 − ε) log σ(β h) − ε log σ(−β h)`` (ε = label smoothing, conservative DPO),
     "ipo" ``(h − 1 / (2β))²``, "hinge" ``max(0, 1 − β h)``. Computed in float32.
     """
+    check_number("dpo_loss(beta=...)", beta, positive=True)
     chosen = policy_chosen_logps.float() - ref_chosen_logps.float()
     rejected = policy_rejected_logps.float() - ref_rejected_logps.float()
     h = chosen - rejected

@@ -25,7 +25,7 @@ def drift_table(run: Guard, tokens: list[str], row: int = 0) -> str:
         token = tokens[t] if t < len(tokens) else ""
         mass = history["visual_mass"][t, :, row].mean().item()
         lines.append(f"{t + 1:>4}  {token[:14]:<14} {mass:>11.3f} {amc_text:>8}  {', '.join(map(str, steered)) or '-'}")
-    lines.append(f"intervention rate: {run.monitor.intervention_rate:.1%} of (step, layer) cells")
+    lines.append(f"intervention rate: {run.monitor.intervention_rate:.1%} of (step, layer, row) cells")
     return "\n".join(lines)
 
 
@@ -55,7 +55,9 @@ def write_pictures(run: Guard, image, out: Path, row: int = 0, box=None, say: Ca
         panels = (("visual_mass", "visual mass"), ("amc", "AMC / anchor"), ("steered", "steered"))
         for ax, (key, title) in zip(axes, panels):
             limits = {"vmin": 0, "vmax": 1} if key == "steered" else {}
-            shown = ax.imshow(history[key][:, :, row].T.numpy(), aspect="auto", origin="lower", cmap="viridis", **limits)
+            steps = history[key].shape[0]
+            shown = ax.imshow(history[key][:, :, row].T.numpy(), aspect="auto", origin="lower", cmap="viridis",
+                              extent=(0.5, steps + 0.5, -0.5, len(run.layers) - 0.5), **limits)  # steps from 1, as in the table
             ax.set(title=title, xlabel="decode step", ylabel="hooked layer")
             ax.set_yticks(range(len(run.layers)), [str(i) for i in run.layers])
             fig.colorbar(shown, ax=ax)

@@ -16,7 +16,7 @@ from .base import Adapter
 
 class Qwen2VLAdapter(Adapter):
     model_types = ("qwen2_vl", "qwen2_5_vl")
-    example_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"
+    example_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
 
     def row_grids(self, config, is_image, n_tokens, inputs):
         thw = inputs.get("image_grid_thw")
