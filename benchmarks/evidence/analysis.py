@@ -1,0 +1,94 @@
+"""Why the guard does (or does not) help: where the anchor lands, and what the drift gate sees at
+the steps that name a hallucinated object."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import text, world
+from .evaluate import Descriptions
+from .world import Scene
+
+
+def mass_lift(values: np.ndarray, mask: np.ndarray) -> float:
+    """Share of ``values``' mass on ``mask`` divided by the share of area ``mask`` covers
+    (1 = no better than uniform)."""
+    total = values.sum()
+    if total <= 0 or not mask.any():
+        return float("nan")
+    return float((values * mask).sum() / total / mask.mean())
+
+
+def anchor_quality(desc: Descriptions, scenes: Sequence[Scene]) -> dict[str, float]:
+    """How much more of each map's mass lies on object patches than a uniform map would put
+    there: the refined anchor, the fused map, each hooked layer's anchor-phase map; also on the
+    first object the caption names (the object the anchor phase looks at), on the paired kind that
+    is present (the A or B whose missing partner gets hallucinated), and the share of
+    scene objects the refined anchor covers (maximum weight over the object's patches >= 0.5)."""
+    grid = text.GRID
+    rows: dict[str, list[float]] = {
+        "refined anchor": [], "fused map": [], "first named object (refined)": [],
+        "paired object present (refined)": [], "objects covered": [],
+    }
+    n_layers = desc.maps[0].shape[0] if desc.maps else 0
+    for layer in range(n_layers):
+        rows[f"layer {layer} map"] = []
+    for b, scene in enumerate(scenes):
+        if b >= len(desc.anchors):
+            break
+        mask = world.object_mask(scene, grid)
+        weights = desc.anchors[b].numpy().reshape(grid, grid)
+        rows["refined anchor"].append(mass_lift(weights, mask))
+        rows["fused map"].append(mass_lift(desc.fused[b].numpy().reshape(grid, grid), mask))
+        for layer in range(n_layers):
+            rows[f"layer {layer} map"].append(mass_lift(desc.maps[b][layer].numpy().reshape(grid, grid), mask))
+        named = [k for k in _named_order(desc.ids[b]) if k in scene.objects]
+        if named:
+            rows["first named object (refined)"].append(mass_lift(weights, world.object_mask(scene, grid, named[0])))
+        paired = [k for k in scene.kinds if k in world.PARTNER_OF]
+        if paired:
+            rows["paired object present (refined)"].append(mass_lift(weights, world.object_mask(scene, grid, paired[0])))
+        covered = [weights[world.object_mask(scene, grid, k)].max() >= 0.5 for k in scene.kinds]
+        rows["objects covered"].append(float(np.mean(covered)))
+    return {name: float(np.nanmean(v)) if v else float("nan") for name, v in rows.items()}
+
+
+def _named_order(ids: Sequence[int]) -> list[int]:
+    """Kinds in the order a caption names them."""
+    words = [text.VOCAB[i] for i in ids]
+    order = []
+    for a, b in zip(words, words[1:]):
+        if (a, b) in world.KINDS and world.KINDS.index((a, b)) not in order:
+            order.append(world.KINDS.index((a, b)))
+    return order
+
+
+def mention_steps(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``(index of the colour word, kind)`` of each kind mention of a generated caption."""
+    words = [text.VOCAB[i] for i in ids]
+    return [(j, world.KINDS.index((a, b))) for j, (a, b) in enumerate(zip(words, words[1:])) if (a, b) in world.KINDS]
+
+
+def gate_at_mentions(desc: Descriptions, scenes: Sequence[Scene], tau: float, k: int) -> dict[str, float]:
+    """At the decode step that predicts each mention's colour word (after the anchor phase):
+    mean normalised AMC over layers, share of layers whose AMC is below ``tau`` (the gate), and
+    the share of layers actually steered — for hallucinated and for correct mentions."""
+    out: dict[str, list[float]] = {f"{what} {kind}": [] for what in ("amc", "below tau", "steered") for kind in ("hallucinated", "correct")}
+    for b, scene in enumerate(scenes):
+        amc = desc.amc_at[b]
+        steered = desc.steered_at[b] if desc.steered_at else None
+        for j, kind in mention_steps(desc.ids[b]):
+            step = j - 1  # history row i predicts generated token i + 1
+            if step < k or step >= amc.shape[0]:
+                continue
+            label = "correct" if kind in scene.objects else "hallucinated"
+            out[f"amc {label}"].append(float(np.nanmean(amc[step])))
+            out[f"below tau {label}"].append(float(np.mean(amc[step] < tau)))
+            if steered is not None:
+                out[f"steered {label}"].append(float(steered[step]))
+    result = {name: float(np.mean(v)) if v else float("nan") for name, v in out.items()}
+    result["n hallucinated"] = len(out["amc hallucinated"])
+    result["n correct"] = len(out["amc correct"])
+    return result
