@@ -31,7 +31,9 @@ def attention_probs(
     kv_heads, length = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     logits = torch.bmm(query.reshape(batch * kv_heads, groups, dim), key.reshape(batch * kv_heads, length, dim).mT)
-    logits = torch.nan_to_num(logits.view(batch, kv_heads, groups, length).float() * scaling)
+    logits = logits.view(batch, kv_heads, groups, length).float() * scaling
+    if query.dtype != torch.float32:  # a half-precision product can overflow to inf
+        logits = torch.nan_to_num(logits)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     if attention_mask is not None:
