@@ -1,7 +1,7 @@
 """The monitored decode step as one pure tensor function, so it runs as a handful of kernels and
 can be handed to ``torch.compile`` whole.
 
-From the new query and the keys of one hooked layer it computes the head-mean image attention,
+From the new query and the keys of one hooked layer it computes the image attention,
 the anchor-modulated score and its gate, the steered attention probabilities, and (when history
 is kept) the row of drift signals. No host synchronisation, no Python branching on tensor values:
 the gate acts through arithmetic.
@@ -9,6 +9,7 @@ the gate acts through arithmetic.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 
@@ -52,33 +53,50 @@ def drift_step(
     """
     probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
     attention = signals.image_attention_total(probs, positions, valid)  # head sum: H x the head mean
-    mass = attention.sum(-1, keepdim=True)
-    normalised = attention / mass.clamp_min(signals.TINY)
-    terms = torch.bmm((normalised * normalised).unsqueeze(1), terms)  # [B, 1, 2]
-    score = terms[..., 0]  # [B, 1]
-    gate = score < threshold
-    steered.add_(gate)
+    mass, normalised, score, hhi, gate = gate_step(attention, terms, threshold, steered)
     if boost is not None:
         prefill = boost.shape[-1]
         factor = (boost * gate).add_(1).view(-1, 1, 1, prefill)
         probs[..., :prefill].mul_(factor)
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(signals.TINY)  # a fully masked row stays 0
-    row = None
-    if history:
-        previous = normalised if previous is None else previous
-        change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1, keepdim=True)  # 2 x the TV distance
-        row = (score, mass / query.shape[1], terms[..., 1], change, gate)
+    row = history_row(normalised, previous, score, mass / query.shape[1], hhi, gate) if history else None
     return (probs if boost is not None else None), normalised, row
 
 
-_COMPILED: list[Callable] = []
+def gate_step(
+    attention: torch.Tensor, terms: torch.Tensor, threshold: torch.Tensor, steered: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score and gate image attention ``[B, N]`` (any positive scale) against the anchor ``terms``
+    ``[B, N, 2]``; counts gated rows into ``steered`` in place. Returns the attention's mass, its
+    normalised form ``[B, N]``, the score, the HHI and the gate (each ``[B, 1]``)."""
+    mass = attention.sum(-1, keepdim=True)
+    normalised = attention / mass.clamp_min(signals.TINY)
+    products = torch.bmm((normalised * normalised).unsqueeze(1), terms)  # [B, 1, 2]: Σ â² w, Σ â²
+    score = products[..., 0]
+    gate = score < threshold
+    steered.add_(gate)
+    return mass, normalised, score, products[..., 1], gate
 
 
+def history_row(
+    normalised: torch.Tensor,
+    previous: torch.Tensor | None,
+    score: torch.Tensor,
+    mass: torch.Tensor,
+    hhi: torch.Tensor,
+    gate: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One (step, layer) row of the history, five ``[B, 1]`` tensors: score, visual mass, HHI,
+    twice the change rate against ``previous`` (none: 0) and the gate."""
+    previous = normalised if previous is None else previous
+    change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1, keepdim=True)  # 2 x the TV distance
+    return score, mass, hhi, change, gate
+
+
+@functools.cache
 def compiled_drift_step() -> Callable:
     """:func:`drift_step` through ``torch.compile``, made once per process."""
-    if not _COMPILED:
-        _COMPILED.append(compiled(drift_step))
-    return _COMPILED[0]
+    return compiled(drift_step)
 
 
 def compiled(fn: Callable) -> Callable:

@@ -112,9 +112,7 @@ class DriftMonitor:
             probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
             edit = self._update(slot, signals.image_attention(probs, positions, valid), anchor, True)
             return edit(probs)
-        state = self._slots.get(slot)
-        if state is None:
-            state = self._slots[slot] = self._start(slot, anchor, query.device)
+        state = self._slot(slot, anchor, query.device)
         boost = self._boost(anchor, query.device) if self._steering_now else None
         probs, normalised, row = self._drift_step(
             query, key, attention_mask, scaling, softcap, positions, valid,
@@ -122,60 +120,49 @@ class DriftMonitor:
         )  # fmt: skip
         self._monitored_calls += 1
         if self.keep_history:
-            self._previous[slot] = normalised
-            self._rows.append(row)
+            self._keep(slot, normalised, row)
         return probs
 
     def _update(self, slot: int, attention: torch.Tensor, anchor: Anchor, monitoring: bool) -> Callable | None:
         """Signals of one (step, layer) from its head-mean image attention ``[B, N]``, in eager
         steps: the anchor phase (history only) and the probability-editing steering modes, for
         which it returns the edit to apply to the post-softmax probabilities."""
-        mass = attention.sum(-1, keepdim=True)
-        normalised = attention / mass.clamp_min(signals.TINY)
-        score = hhi = gate = edit = None
+        edit = None
         if monitoring:
-            state = self._slots.get(slot)
-            if state is None:
-                state = self._slots[slot] = self._start(slot, anchor, attention.device)
-            score, hhi = torch.bmm((normalised * normalised).unsqueeze(1), state.terms).squeeze(1).unbind(-1)
-            gate = score < state.threshold[:, 0]
-            state.steered[:, 0].add_(gate)
+            state = self._slot(slot, anchor, attention.device)
+            mass, normalised, score, hhi, gate = decode.gate_step(attention, state.terms, state.threshold, state.steered)
             self._monitored_calls += 1
-            edit = self._edit(slot, gate, attention, anchor)
+            edit = self._edit(slot, gate[:, 0], attention, anchor)
+        elif self.keep_history:  # anchor phase: no score, no gate
+            mass = attention.sum(-1, keepdim=True)
+            normalised = attention / mass.clamp_min(signals.TINY)
+            score = torch.full_like(mass, float("nan"))
+            hhi = signals.concentration(normalised).unsqueeze(-1)
+            gate = torch.zeros_like(mass, dtype=torch.bool)
         if self.keep_history:
-            self._log(slot, normalised, mass, score, hhi, gate)
+            self._keep(slot, normalised, decode.history_row(normalised, self._previous.get(slot), score, mass, hhi, gate))
         return edit
 
-    def _start(self, slot: int, anchor: Anchor, device: torch.device) -> _SlotState:
-        """Per-prompt constants of one hooked layer, built at its first monitored step."""
-        weights = anchor.weights.to(device)
-        if self.normalize == "anchor":
-            weights = weights / self._anchor_value(slot, "amc", anchor, weights)[:, None]
-        eligible = self._has_image.to(device) & self._steering_now
-        return _SlotState(
-            terms=torch.stack((weights, torch.ones_like(weights)), dim=-1),
-            threshold=torch.full(eligible.shape, self.tau, device=device).masked_fill(~eligible, float("-inf"))[:, None],
-            steered=torch.zeros(eligible.shape, dtype=torch.int32, device=device)[:, None],
-        )
+    def _slot(self, slot: int, anchor: Anchor, device: torch.device) -> _SlotState:
+        """The per-prompt constants and counters of one hooked layer, built at its first monitored step."""
+        state = self._slots.get(slot)
+        if state is None:
+            weights = anchor.weights.to(device)
+            if self.normalize == "anchor":
+                weights = weights / self._anchor_value(slot, "amc", anchor, weights)[:, None]
+            eligible = self._has_image.to(device) & self._steering_now
+            state = self._slots[slot] = _SlotState(
+                terms=torch.stack((weights, torch.ones_like(weights)), dim=-1),
+                threshold=torch.full(eligible.shape, self.tau, device=device).masked_fill(~eligible, float("-inf"))[:, None],
+                steered=torch.zeros(eligible.shape, dtype=torch.int32, device=device)[:, None],
+            )
+        return state
 
-    def _log(
-        self,
-        slot: int,
-        normalised: torch.Tensor,
-        mass: torch.Tensor,
-        score: torch.Tensor | None,
-        hhi: torch.Tensor | None,
-        gate: torch.Tensor | None,
-    ) -> None:
-        """Append this (step, layer)'s row of :attr:`history` (on the device until read)."""
-        previous = self._previous.get(slot, normalised)
+    def _keep(self, slot: int, normalised: torch.Tensor, row: tuple[torch.Tensor, ...]) -> None:
+        """Append this (step, layer)'s row of :attr:`history` (on the device until read) and keep
+        its normalised attention for the next step's change rate."""
         self._previous[slot] = normalised
-        change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1)  # 2 x the TV distance
-        if score is None:  # anchor phase: no score, no gate
-            score = torch.full_like(change, float("nan"))
-            hhi = signals.concentration(normalised)
-            gate = torch.zeros_like(change, dtype=torch.bool)
-        self._rows.append(tuple(t.unsqueeze(-1) for t in (score, mass.squeeze(-1), hhi, change, gate)))
+        self._rows.append(row)
 
     def _reorder(self, index: torch.Tensor) -> None:
         """Follow a reordering of the cache rows (beam search): row ``b`` continues the hypothesis
