@@ -1,6 +1,8 @@
-"""Shared pieces of the tiny models: the token-id convention and left padding."""
+"""Shared pieces of the tiny models: the token-id convention, left padding and tiled image prompts."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -37,3 +39,27 @@ def left_pad(rows: list[list[int]]) -> dict[str, torch.Tensor]:
         input_ids[b, length - len(row) :] = torch.tensor(row)
         attention_mask[b, length - len(row) :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def tiled_inputs(
+    batch: int,
+    images: bool,
+    generator: torch.Generator,
+    tiles: tuple[int, ...],
+    image_tokens: Callable[[int], list[int]],
+    image_size: int,
+) -> dict[str, torch.Tensor]:
+    """Prompts of families whose images arrive as square tiles stacked in one ``pixel_values``:
+    row ``b`` holds one image of ``tiles[b % len(tiles)]`` tiles, laid out by ``image_tokens``."""
+    rows, n_tiles = [], 0
+    for b in range(batch):
+        image: list[int] = []
+        if images:
+            count = tiles[b % len(tiles)]
+            image = image_tokens(count)
+            n_tiles += count
+        rows.append([BOS] + image + text_tokens(b, generator))
+    out = left_pad(rows)
+    if images:
+        out["pixel_values"] = torch.randn(n_tiles, 3, image_size, image_size, generator=generator)
+    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BOS, FIRST_TEXT_ID, IMAGE, PAD, TEXT, VISION_END, VISION_START, left_pad, text_tokens
+from ._common import FIRST_TEXT_ID, IMAGE, PAD, TEXT, VISION_END, VISION_START, tiled_inputs
 
 IMAGE_SIZE, PATCH, DOWNSAMPLE = 48, 4, 2
 #: Marker tokens before each tile: ``TILE`` (followed by the tile's number, ``TILE_1``...) and ``TILE_GLOBAL``.
@@ -44,15 +44,4 @@ def _image(tiles: int, per_tile: int) -> list[int]:
 
 def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
     per_tile = (IMAGE_SIZE // PATCH // DOWNSAMPLE) ** 2
-    rows, n_tiles = [], 0
-    for b in range(batch):
-        image: list[int] = []
-        if images:
-            tiles = TILES[b % len(TILES)]
-            image = _image(tiles, per_tile)
-            n_tiles += tiles
-        rows.append([BOS] + image + text_tokens(b, generator))
-    out = left_pad(rows)
-    if images:
-        out["pixel_values"] = torch.randn(n_tiles, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    return out
+    return tiled_inputs(batch, images, generator, TILES, lambda tiles: _image(tiles, per_tile), IMAGE_SIZE)

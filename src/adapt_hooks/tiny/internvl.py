@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import BOS, IMAGE, PAD, TEXT, VISION_END, VISION_START, left_pad, text_tokens
+from ._common import IMAGE, PAD, TEXT, VISION_END, VISION_START, tiled_inputs
 
 IMAGE_SIZE, PATCH = 48, 4
 #: Tiles per row's image: one tile alone (no thumbnail), or 2 crops + the thumbnail.
@@ -28,15 +28,7 @@ def config():
 
 
 def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    rows, n_tiles = [], 0
-    for b in range(batch):
-        image: list[int] = []
-        if images:
-            tiles = TILES[b % len(TILES)]
-            image = [VISION_START] + [IMAGE] * (model.config.image_seq_length * tiles) + [VISION_END]
-            n_tiles += tiles
-        rows.append([BOS] + image + text_tokens(b, generator))
-    out = left_pad(rows)
-    if images:
-        out["pixel_values"] = torch.randn(n_tiles, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
-    return out
+    per_tile = model.config.image_seq_length
+    return tiled_inputs(
+        batch, images, generator, TILES, lambda tiles: [VISION_START] + [IMAGE] * (per_tile * tiles) + [VISION_END], IMAGE_SIZE
+    )
