@@ -15,7 +15,7 @@ from transformers.modeling_utils import AttentionInterface
 from . import signals
 from .adapters import ImageLayout, get_adapter
 from .anchor import Anchor
-from .interceptor import ACTIVE, Interceptor, resolve_base
+from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
 from .monitor import DriftMonitor
 
 _names = itertools.count()
@@ -61,7 +61,8 @@ class Guard:
         self._saved_implementation: str | None = None
         self._hook = None
         self._layout: ImageLayout | None = None
-        self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._uniform = True  # every row of the current prompt has as many image keys as the widest
         self._step = 0
         self._warned = False
         self._cache: weakref.ref | None = None  # the cache whose reorder_cache this guard wraps
@@ -269,11 +270,9 @@ class _PreHook:
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
 
+    @eager_under_compile
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.compiler.is_compiling():  # traced by torch.compile: break the graph, run eagerly
-            _eager_on_forward(self.guard, module, args, kwargs)
-        else:
-            self.guard._on_forward(module, args, kwargs)
+        self.guard._on_forward(module, args, kwargs)
 
     def _refuse(self, *args) -> None:
         raise TypeError(
@@ -283,9 +282,6 @@ class _PreHook:
         )
 
     __deepcopy__ = __reduce_ex__ = __reduce__ = _refuse
-
-
-_eager_on_forward = torch.compiler.disable(Guard._on_forward)
 
 
 class _Reorder:

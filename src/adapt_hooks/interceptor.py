@@ -9,6 +9,7 @@ keys once instead of twice.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,6 +55,19 @@ def resolve_base(implementation: str | None, module: nn.Module) -> tuple[Attenti
     return ALL_ATTENTION_FUNCTIONS[implementation], ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
 
 
+def eager_under_compile(fn: Callable) -> Callable:
+    """``fn``, except that inside a ``torch.compile`` trace it runs eagerly at a graph break: the
+    guard's per-prompt state lives in Python, which a compiled graph would freeze. Outside a trace
+    it costs one check, not the ``torch.compiler.disable`` wrapper."""
+    eager = torch.compiler.disable(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return eager(*args, **kwargs) if torch.compiler.is_compiling() else fn(*args, **kwargs)
+
+    return call
+
+
 class Interceptor:
     """Callable registered under a unique name for the lifetime of one guard.
 
@@ -67,12 +81,8 @@ class Interceptor:
         self.mask_builder = mask_builder
         self.slots = slots  # id(attention module) -> hooked-layer slot
 
-    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if torch.compiler.is_compiling():  # traced by torch.compile: break the graph, run eagerly
-            return self._eager(*args, **kwargs)
-        return self._call(*args, **kwargs)
-
-    def _call(
+    @eager_under_compile
+    def __call__(
         self,
         module: nn.Module,
         query: torch.Tensor,
@@ -92,9 +102,6 @@ class Interceptor:
         if steered is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
         return _attend(steered, value, query.dtype)
-
-
-Interceptor._eager = torch.compiler.disable(Interceptor._call)
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
