@@ -87,7 +87,7 @@ class DriftMonitor:
         self._has_image = None if layout is None else layout.has_image
         self._slots: dict[int, _SlotState] = {}
         self._previous: dict[int, torch.Tensor] = {}
-        self._per_slot: dict[tuple[str, int], torch.Tensor] = {}
+        self._per_slot: dict[tuple[str, int | torch.device], torch.Tensor] = {}
         self._boosts: dict[torch.device, torch.Tensor] = {}
         self._monitored_calls = 0
         self._rows: list[tuple[torch.Tensor, ...]] = []  # per (step, layer): [B, 1] score, mass, HHI, 2 TV, gate
@@ -227,14 +227,15 @@ class DriftMonitor:
         return value
 
     def _border_weights(self, device: torch.device) -> torch.Tensor:
-        """``[B, N]``: 0.5 on each grid's border band (2 tokens, clamped on small grids), else 1."""
-        value = self._per_slot.get(("border", -1))
+        """``[B, N]``: 0.5 on each grid's border band (2 tokens, clamped on small grids), else 1
+        (built once per device: the hooked layers of a split model live on several)."""
+        value = self._per_slot.get(("border", device))
         if value is None:
             value = torch.ones(self.layout.positions.shape, device=device)
             for (h, w), (rows, cols) in self.layout.shape_groups.items():
                 band = scoring.border_mask(h, w, scoring.band_width(h, w, 2), device).flatten()
                 value[rows.to(device)[:, None], cols.to(device)] = torch.where(band, 0.5, 1.0)
-            self._per_slot[("border", -1)] = value
+            self._per_slot[("border", device)] = value
         return value
 
     def _keep_mask(self, attention: torch.Tensor) -> torch.Tensor:
@@ -259,7 +260,7 @@ class DriftMonitor:
             return {}
         steps = len(self._rows) // self.n_layers
         rows = self._rows[: steps * self.n_layers]
-        columns = [torch.stack([row[i] for row in rows]).cpu().float() for i in range(len(SIGNALS))]
+        columns = [_stack_on_cpu([row[i] for row in rows]).float() for i in range(len(SIGNALS))]
         columns[SIGNALS.index("change_rate")] *= 0.5  # rows keep the L1 distance; TV is half of it
         return {name: column.view(steps, self.n_layers, -1) for name, column in zip(SIGNALS, columns)}
 
@@ -271,6 +272,20 @@ class DriftMonitor:
         steered = sum(int(s.steered.sum()) for s in self._slots.values())
         rows = int(self._has_image.sum())
         return steered / (self._monitored_calls * max(rows, 1))
+
+
+def _stack_on_cpu(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors).cpu()`` for tensors on several devices (a model split with
+    ``device_map`` keeps each layer's rows on its own device): one stack and copy per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    if len(by_device) == 1:
+        return torch.stack(tensors).cpu()
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
+    for indices in by_device.values():
+        out[indices] = torch.stack([tensors[i] for i in indices]).cpu()
+    return out
 
 
 def steering_modes() -> tuple[str, ...]:
