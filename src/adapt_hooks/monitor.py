@@ -280,8 +280,6 @@ def _stack_on_cpu(tensors: list[torch.Tensor]) -> torch.Tensor:
     by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         by_device.setdefault(t.device, []).append(i)
-    if len(by_device) == 1:
-        return torch.stack(tensors).cpu()
     out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype)
     for indices in by_device.values():
         out[indices] = torch.stack([tensors[i] for i in indices]).cpu()
