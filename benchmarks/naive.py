@@ -12,10 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
 
-from adapt_hooks import Anchor
+from adapt_hooks import Anchor, compat
 from adapt_hooks.adapters import get_adapter
 
 
@@ -31,22 +29,19 @@ class NaiveGuard:
         self.n_layers = len(self.modules)
 
     def __enter__(self) -> NaiveGuard:
-        config = self.model.config.get_text_config()
-        self._saved = config._attn_implementation
-        AttentionInterface.register("naive_adapt", self._attention)
-        AttentionMaskInterface.register("naive_adapt", ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-        config._attn_implementation = "naive_adapt"
+        self._saved = compat.text_attention(self.model)
+        compat.register("naive_adapt", self._attention, compat.mask_function("eager"))
+        compat.set_text_attention(self.model, "naive_adapt")
         self._hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         return self
 
     def __exit__(self, *exc) -> None:
         self._hook.remove()
-        self.model.config.get_text_config()._attn_implementation = self._saved
-        AttentionInterface._global_mapping.pop("naive_adapt", None)
-        AttentionMaskInterface._global_mapping.pop("naive_adapt", None)
+        compat.set_text_attention(self.model, self._saved)
+        compat.unregister("naive_adapt")
 
     def _on_forward(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = compat.forward_cache(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             layout = self.adapter.layout(self.model.config, kwargs["input_ids"], kwargs)
             self.positions = layout.positions.tolist()

@@ -1,6 +1,7 @@
 """The ``adapt-hooks`` command: ``demo`` (embedded tiny model, no download), ``run`` (a real
-checkpoint on one image) and ``debias`` (estimate a debias mask). Bad input ends with one clear
-line on stderr and exit status 2."""
+checkpoint on one image), ``debias`` (estimate a debias mask) and ``check`` (is the installed
+transformers one the guard works with). Bad input ends with one clear line on stderr and exit
+status 2; a failed check with exit status 1."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import Anchor, DriftMonitor, __version__, estimate_debias_mask, guard
+from . import Anchor, DriftMonitor, __version__, compat, estimate_debias_mask, guard
 from .prompts import chat_prompt
 from .report import drift_table, write_pictures
 
@@ -55,8 +56,15 @@ def _image(path: str):
 
 
 def _generate(model, inputs, max_new_tokens: int, monitor: DriftMonitor, anchor: Anchor):
+    """Greedy guarded generation; a run in which the guard observed no decode step is an error."""
     with torch.no_grad(), guard(model, anchor=anchor, monitor=monitor) as run:
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    if run.decode_steps == 0:
+        raise CommandError(
+            f"the guard observed no decode step (generated {out.shape[1] - inputs['input_ids'].shape[1]} token(s), "
+            f"transformers {compat.INSTALLED}): the first token comes from the prefill, so generate at least 2; "
+            "otherwise run `adapt-hooks check`"
+        )
     return out[:, inputs["input_ids"].shape[1] :], run
 
 
@@ -108,6 +116,26 @@ def debias(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {mask!r}")
 
 
+def check(args: argparse.Namespace) -> None:
+    """Run the compatibility canary on the installed transformers; exit 1 when something changed."""
+    from . import canary
+
+    print(f"adapt-hooks {__version__}, transformers {compat.INSTALLED}, torch {torch.__version__}")
+    results = canary.run()
+    for finding in results:
+        print(finding)
+    failed = [f for f in results if not f.ok]
+    if failed:
+        raise CheckFailed(
+            f"{len(failed)} of {len(results)} checks failed on transformers {compat.INSTALLED}: the guard would not work "
+            f"as documented. Use transformers {compat.tested_range()} and report the lines above to adapt-hooks."
+        )
+
+
+class CheckFailed(Exception):
+    """``check`` found an internal that changed: printed as one line, exit status 1."""
+
+
 def _common(parser: argparse.ArgumentParser, steering: bool = True, seed: bool = True) -> None:
     parser.add_argument("--k", type=int, default=5, help="anchor decode steps K (default: 5)")
     if seed:
@@ -129,7 +157,7 @@ def _loading(parser: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="adapt-hooks", description="Keep a VLM's attention on the image (ADAPT).")
     top.add_argument("--version", action="version", version=f"adapt-hooks {__version__}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias,check}")
     p = commands.add_parser("demo", help="guarded generation on an embedded tiny model (no download)",
                             description="Guarded generation on an embedded tiny LLaVA and a generated image: prints the "
                             "drift table and writes anchor.png, ve.png and drift.png.")
@@ -150,6 +178,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8, help="number of noise images (default: 8)")
     _common(p, steering=False)
     p.set_defaults(handler=debias)
+    p = commands.add_parser("check", help="check that the installed transformers behaves as the guard expects",
+                            description="Run a tiny model through every transformers internal the guard relies on "
+                            "(cache keyword, prefill images, attention call, mask interface, reorder_cache) and name "
+                            "what changed. Exit status 1 when something did.")
+    p.set_defaults(handler=check)
     return top
 
 
@@ -159,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "max_new_tokens", 1) < 1:  # before any download
             raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
         args.handler(args)
-    except (CommandError, ValueError, TypeError) as error:
+    except CheckFailed as error:
+        print(f"adapt-hooks check: {error}", file=sys.stderr)
+        return 1
+    except (CommandError, ValueError, TypeError, compat.CompatibilityError) as error:
         print(f"adapt-hooks {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

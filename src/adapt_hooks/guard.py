@@ -9,10 +9,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from transformers.masking_utils import AttentionMaskInterface
-from transformers.modeling_utils import AttentionInterface
 
-from . import signals
+from . import compat, signals
 from .adapters import ImageLayout, get_adapter
 from .anchor import Anchor
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
@@ -59,13 +57,16 @@ class Guard:
         self._installed = False
         self._name: str | None = None
         self._saved_implementation: str | None = None
-        self._hook = None
+        self._hooks: list = []
         self._layout: ImageLayout | None = None
         self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._uniform = True  # every row of the current prompt has as many image keys as the widest
         self._step = 0
         self._warned = False
         self._cache: weakref.ref | None = None  # the cache whose reorder_cache this guard wraps
+        self._prompt_cache: weakref.ref | None = None  # the KV cache of the prompt whose prefill this guard saw
+        self._awaiting: int | None = None  # that prefill's new tokens, when it got no cache: take the one it returns
+        self._uncached_ids: torch.Tensor | None = None  # input_ids of the last prompt that came without a cache
 
     def _check_layers(self, layers: Iterable[int] | None, hookable: list[int]) -> list[int]:
         if layers is None:
@@ -101,45 +102,61 @@ class Guard:
         self._restore()
 
     def _install(self) -> None:
-        text_config = self.model.config.get_text_config()
-        self._saved_implementation = text_config._attn_implementation
+        compat.check()
+        self._saved_implementation = compat.text_attention(self.model)
         base, mask_builder = resolve_base(self._saved_implementation, self._modules[0])
         self._name = f"adapt_hooks_{next(_names)}"
         slots = {id(module): slot for slot, module in enumerate(self._modules)}
         interceptor = Interceptor(self, base, mask_builder, slots)
-        AttentionInterface.register(self._name, interceptor)
-        if mask_builder is not None:
-            AttentionMaskInterface.register(self._name, mask_builder)
+        compat.register(self._name, interceptor, mask_builder)
         ACTIVE[self._name] = interceptor
         self._installed = True
-        self._hook = self.model.register_forward_pre_hook(_PreHook(self), with_kwargs=True)
-        text_config._attn_implementation = self._name
+        hook = _PreHook(self)
+        self._hooks = [
+            self.model.register_forward_pre_hook(hook, with_kwargs=True),
+            self.model.register_forward_hook(hook.after),
+        ]
+        compat.set_text_attention(self.model, self._name)
         self._begin(None)
 
     def _restore(self) -> None:
         """Undo everything ``_install`` did; safe to call at any point of it, and twice."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
         if self._name is not None:
-            text_config = self.model.config.get_text_config()
-            if text_config._attn_implementation == self._name:
-                text_config._attn_implementation = self._saved_implementation
-            AttentionInterface._global_mapping.pop(self._name, None)
-            AttentionMaskInterface._global_mapping.pop(self._name, None)
+            if compat.text_attention(self.model) == self._name:
+                compat.set_text_attention(self.model, self._saved_implementation)
+            compat.unregister(self._name)
             ACTIVE.pop(self._name, None)
             self._name = None
         self._release_cache()
         self._installed = False
         self._layout_by_device = {}
+        self._prompt_cache, self._awaiting, self._uncached_ids = None, None, None
 
     # -- per forward call ---------------------------------------------------------------------
     def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Forward pre-hook: a call on an empty cache is a new prompt, any other a decode step."""
-        cache = kwargs.get("past_key_values")
+        """Forward pre-hook: a call without a cache or on an empty one starts a new prompt; a call
+        on the cache of the prompt this guard saw start is one of its decode steps. Any other call
+        raises: a step the guard cannot place is never let through unobserved."""
+        cache = compat.forward_cache(kwargs)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if cache is None or cache.get_seq_length() == 0:
+            if cache is None:
+                self._refuse_recomputed_step(input_ids)
             self._begin(input_ids, kwargs, training=module.training)
+            self._prompt_cache = None if cache is None else weakref.ref(cache)
+            new = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+            self._awaiting = None if cache is not None or new is None else new.shape[1]
+            self._uncached_ids = input_ids if cache is None else None
+        elif self._prompt_cache is None or self._prompt_cache() is not cache:
+            raise RuntimeError(
+                "adapt_hooks.guard: a decode step arrived on a KV cache whose prompt this guard did not see start "
+                f"(transformers {compat.INSTALLED}). Start each prompt inside the `with` block, on an empty cache; if "
+                "that is what happened, run `adapt-hooks check` to see whether this transformers changed an internal "
+                "the guard relies on."
+            )
         elif self._layout is not None:
             new = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
             if new is not None and new.shape[1] != 1:
@@ -153,6 +170,38 @@ class Guard:
         if self._layout is not None and cache is not None:
             self._follow(cache)
 
+    def _on_output(self, output: object) -> None:
+        """Forward hook: a prefill that came without a cache continues on the one it returns. That
+        cache holds just the prefill's tokens; one holding more means the call was a decode step
+        whose cache reached the model by a way this guard does not know, which it refuses."""
+        if self._awaiting is None:
+            return
+        expected, self._awaiting = self._awaiting, None
+        cache = compat.output_cache(output)
+        if cache is not None and cache.get_seq_length() > expected:
+            raise compat.CompatibilityError(
+                "the model continued a KV cache that its forward did not receive under any keyword adapt-hooks "
+                f"reads ({', '.join(k + '=' for k in compat.CACHE_KEYWORDS)}), so the guard took a decode step for a "
+                "new prompt"
+            )
+        self._prompt_cache = None if cache is None else weakref.ref(cache)
+
+    def _refuse_recomputed_step(self, input_ids: torch.Tensor | None) -> None:
+        """A cacheless call whose ``input_ids`` are the previous cacheless prompt plus one token is
+        a decode step recomputed from scratch (``generate(use_cache=False)``): refused, since the
+        guard observes decode steps through the KV cache."""
+        previous = self._uncached_ids
+        if (
+            previous is not None and input_ids is not None and input_ids.ndim == 2
+            and input_ids.shape == (previous.shape[0], previous.shape[1] + 1)
+            and torch.equal(input_ids[:, :-1], previous)
+        ):  # fmt: skip
+            raise ValueError(
+                "adapt_hooks.guard: generation without a KV cache (use_cache=False) is not supported: each step "
+                "recomputes the whole sequence, and the guard observes and steers decode steps through the cache. "
+                "Generate with use_cache=True (the default)."
+            )
+
     # -- beam search ----------------------------------------------------------------------------
     def _follow(self, cache) -> None:
         """Have ``cache.reorder_cache`` also reorder this guard's per-row state (see
@@ -160,11 +209,12 @@ class Guard:
         if self._cache is not None and self._cache() is cache:
             return
         self._release_cache()
-        if not callable(getattr(type(cache), "reorder_cache", None)):
+        if not callable(getattr(type(cache), compat.REORDER, None)):
             return  # not a transformers cache: nothing reorders it
-        wrapper = vars(cache).get("reorder_cache")
+        wrapper = vars(cache).get(compat.REORDER)
         if wrapper is None:
-            wrapper = cache.reorder_cache = _Reorder(cache)
+            wrapper = _Reorder(cache)
+            setattr(cache, compat.REORDER, wrapper)
         elif not isinstance(wrapper, _Reorder):
             return  # someone else's instance-level reorder_cache: leave it alone
         wrapper.guards.append(weakref.ref(self))
@@ -174,11 +224,11 @@ class Guard:
         """Stop following the cache; the last guard to leave gives it its own ``reorder_cache`` back."""
         cache = None if self._cache is None else self._cache()
         self._cache = None
-        wrapper = None if cache is None else vars(cache).get("reorder_cache")
+        wrapper = None if cache is None else vars(cache).get(compat.REORDER)
         if isinstance(wrapper, _Reorder):
             wrapper.guards[:] = [ref for ref in wrapper.guards if ref() not in (self, None)]
             if not wrapper.guards:
-                del cache.reorder_cache
+                delattr(cache, compat.REORDER)
 
     def _reorder(self, beam_idx: torch.Tensor) -> None:
         """Row ``b`` of the cache now continues the hypothesis of row ``beam_idx[b]``: the anchor
@@ -190,16 +240,21 @@ class Guard:
         self._step = 0
         self._layout, self._layout_by_device = None, {}
         self._release_cache()
-        if input_ids is not None:
-            layout = self.adapter.layout(self.model.config, input_ids, inputs or {})
-            if layout.any_image:
-                self._layout = layout
-            elif not self._warned:
-                self._warned = True
-                warnings.warn(
-                    "adapt_hooks.guard: the prompt has no image tokens, so the guard does nothing for it.",
-                    stacklevel=4,
-                )
+        carried = None if inputs is None else compat.image_input(inputs)
+        layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, inputs or {})
+        if layout is not None and layout.any_image:
+            self._layout = layout
+        elif carried is not None:
+            where = "its input_ids hold no image token" if input_ids is not None else "it has no input_ids"
+            raise ValueError(
+                f"adapt_hooks.guard: the prompt brings images ({carried}=) but {where}, so the guard cannot place "
+                f"them on the image keys ({self.model.config.model_type}, transformers {compat.INSTALLED}). Pass the "
+                "input_ids the processor returned with the images; if you did, run `adapt-hooks check`."
+            )
+        elif inputs is not None and not self._warned:
+            self._warned = True
+            why = "has no image tokens" if input_ids is not None else "has no input_ids to find image tokens in"
+            warnings.warn(f"adapt_hooks.guard: the prompt {why}, so the guard does nothing for it.", stacklevel=4)
         self.anchor._reset(self._layout, self.layers, self.n_layers)
         self.monitor._reset(self._layout, len(self.layers), training=training)
         if self._layout is not None:
@@ -221,6 +276,11 @@ class Guard:
                 f"but {self.monitor!r} needs the anchor-phase maps of the {len(self.layers)} hooked layers: pass "
                 "DriftMonitor(normalize=None) (logprior steering), or an anchor saved from a guard with the same layers."
             )
+
+    @property
+    def decode_steps(self) -> int:
+        """Decode steps the guard observed for the last prompt with image tokens (0: none)."""
+        return self._step if self._layout is not None else 0
 
     @property
     def observing(self) -> bool:
@@ -262,7 +322,7 @@ class Guard:
 
 
 class _PreHook:
-    """The guard's forward pre-hook. It runs eagerly inside a ``torch.compile``'d forward (the
+    """The guard's forward pre-hook (and, as :meth:`after`, its forward hook). It runs eagerly inside a ``torch.compile``'d forward (the
     per-prompt state lives in Python, which a compiled graph would freeze), and it refuses to be
     copied or pickled: a copy of the model would keep pointing at this guard's attention function,
     which is unregistered when the ``with`` block ends."""
@@ -273,6 +333,10 @@ class _PreHook:
     @eager_under_compile
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.guard._on_forward(module, args, kwargs)
+
+    @eager_under_compile
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.guard._on_output(output)
 
     def _refuse(self, *args) -> None:
         raise TypeError(
@@ -295,7 +359,7 @@ class _Reorder:
 
     def __call__(self, beam_idx: torch.Tensor, *args, **kwargs):
         cache = self.cache()
-        result = type(cache).reorder_cache(cache, beam_idx, *args, **kwargs)
+        result = getattr(type(cache), compat.REORDER)(cache, beam_idx, *args, **kwargs)
         for ref in list(self.guards):
             guard = ref()
             if guard is not None and guard._layout is not None:

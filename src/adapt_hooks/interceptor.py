@@ -10,20 +10,17 @@ keys once instead of twice.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from . import compat
+from .compat import AttentionFn
 
 if TYPE_CHECKING:
     from .guard import Guard
-
-AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 #: Interceptors currently registered, by their registered name (lets nested guards find the
 #: implementation underneath an outer guard).
@@ -38,21 +35,22 @@ def resolve_base(implementation: str | None, module: nn.Module) -> tuple[Attenti
         outer = ACTIVE[implementation]
         return outer.base, outer.mask_builder
     if implementation is None or implementation == "eager":
-        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        eager = compat.eager_attention(module)
         if eager is None:
             raise ValueError(
                 f"{type(module).__name__} has no eager_attention_forward in its module; load the model with "
                 "attn_implementation='sdpa'."
             )
-        return eager, ALL_MASK_ATTENTION_FUNCTIONS["eager"]
+        return eager, compat.mask_function("eager")
     if any(word in implementation for word in _UNSUPPORTED):
         raise ValueError(
             f"attn_implementation={implementation!r} is not supported by adapt-hooks (it needs the attention "
             "probabilities of each decode step). Use model.set_attn_implementation('sdpa') or 'eager'."
         )
-    if implementation not in ALL_ATTENTION_FUNCTIONS:
+    function = compat.attention_function(implementation)
+    if function is None:
         raise ValueError(f"attn_implementation={implementation!r} is not registered with transformers.")
-    return ALL_ATTENTION_FUNCTIONS[implementation], ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
+    return function, compat.mask_function(implementation)
 
 
 def eager_under_compile(fn: Callable) -> Callable:

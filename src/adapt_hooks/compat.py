@@ -1,0 +1,189 @@
+"""Everything adapt-hooks relies on that differs between transformers releases, in one place.
+
+The guard touches a few transformers internals: the keyword under which ``generate`` hands the KV
+cache to the model's ``forward``, how a prefill receives its images, the attention-function and
+mask-function registries, the eager attention function of a modeling module, and the cache's
+``reorder_cache``. This module is the only one that names them. :func:`check` refuses, in one
+line, an installed release where one of them is gone; :func:`canary` (``adapt-hooks check``)
+runs a tiny model through them and names what changed.
+
+What differs inside the supported range:
+
+- the cache keyword: ``past_key_values=`` up to 5.23, ``cache=`` from 5.24 (``past_key_values``
+  is still accepted there, deprecated, so a hand-written loop may pass either);
+- the images of a prefill: ``pixel_values`` up to 5.22; from 5.23 ``generate`` runs the vision
+  encoder first and hands its output over as ``mm_encoder_outputs={"image": ...}``, dropping
+  ``pixel_values`` and the encoder's own inputs (``image_grid_thw``, ``image_sizes``, ...).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from collections.abc import Callable, Mapping
+from functools import cache
+
+import torch
+import transformers
+from torch import nn
+from transformers import masking_utils, modeling_utils
+from transformers.cache_utils import Cache
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"5.24.0"`` -> ``(5, 24, 0)``; pre-release and dev suffixes are ignored."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+#: The oldest release adapt-hooks supports (pyproject's lower bound) and the newest it was tested on.
+MINIMUM = "5.17.0"
+NEWEST_TESTED = "5.24.0"
+INSTALLED = transformers.__version__
+
+#: Keywords under which a model's ``forward`` receives the KV cache, newest first.
+CACHE_KEYWORDS = ("cache", "past_key_values")
+#: The one ``generate`` uses in the installed release.
+CACHE_KEYWORD = "cache" if _release(INSTALLED) >= (5, 24) else "past_key_values"
+#: Forward keywords that bring a prefill its images (raw pixels, encoded images, or Mllama's
+#: projected vision states).
+IMAGE_KEYWORDS = ("pixel_values", "mm_encoder_outputs", "cross_attention_states")
+#: The cache method beam search calls between steps.
+REORDER = "reorder_cache"
+
+AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+class CompatibilityError(RuntimeError):
+    """The installed transformers changed an internal the guard relies on (one line, naming it)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"transformers {INSTALLED}: {what}. adapt-hooks supports transformers {MINIMUM}-{NEWEST_TESTED}; install "
+            f"one of those (pip install 'transformers=={NEWEST_TESTED}') and report this line to adapt-hooks."
+        )
+
+
+def tested_range() -> str:
+    return f"{MINIMUM} to {NEWEST_TESTED}"
+
+
+def is_newer_than_tested(version: str = INSTALLED) -> bool:
+    """True for a release newer than the newest one adapt-hooks was tested on (dev builds included)."""
+    return _release(version) > _release(NEWEST_TESTED)
+
+
+@cache
+def check() -> None:
+    """Refuse, once per process, an installed transformers that lacks an internal the guard uses;
+    warn once when it is newer than the tested range (it may still work: ``adapt-hooks check`` tells)."""
+    if _release(INSTALLED) < _release(MINIMUM):
+        raise CompatibilityError(f"older than the oldest supported release {MINIMUM}")
+    for what, ok in _static_checks():
+        if not ok:
+            raise CompatibilityError(what)
+    if is_newer_than_tested():
+        warnings.warn(
+            f"adapt-hooks was tested with transformers {tested_range()}; {INSTALLED} is installed. Run `adapt-hooks "
+            "check`: it says whether the internals the guard relies on still behave as expected.",
+            stacklevel=3,
+        )
+
+
+def _static_checks() -> list[tuple[str, bool]]:
+    """``(what would be wrong, whether it is fine)`` for each registry and method the guard uses."""
+    mapping = lambda interface: isinstance(getattr(interface, "_global_mapping", None), dict)  # noqa: E731
+    attention = getattr(modeling_utils, "ALL_ATTENTION_FUNCTIONS", {})
+    masks = getattr(masking_utils, "ALL_MASK_ATTENTION_FUNCTIONS", {})
+    return [
+        ("transformers.modeling_utils has no AttentionInterface with a global mapping",
+         mapping(getattr(modeling_utils, "AttentionInterface", None))),
+        ("transformers.masking_utils has no AttentionMaskInterface with a global mapping",
+         mapping(getattr(masking_utils, "AttentionMaskInterface", None))),
+        ("ALL_ATTENTION_FUNCTIONS has no 'sdpa'", "sdpa" in attention),
+        ("ALL_MASK_ATTENTION_FUNCTIONS lacks 'sdpa' or 'eager'", "sdpa" in masks and "eager" in masks),
+        (f"transformers.Cache has no {REORDER}() or get_seq_length()",
+         all(callable(getattr(Cache, name, None)) for name in (REORDER, "get_seq_length"))),
+    ]  # fmt: skip
+
+
+# -- the forward call ---------------------------------------------------------------------------
+def forward_cache(kwargs: Mapping[str, object]):
+    """The KV cache a model's ``forward`` call received, or ``None``. A cache under a keyword
+    adapt-hooks does not know (a future rename) raises rather than pass for "no cache"."""
+    for name in CACHE_KEYWORDS:
+        value = kwargs.get(name)
+        if value is not None:
+            return value
+    for name, value in kwargs.items():
+        if isinstance(value, Cache):
+            raise CompatibilityError(
+                f"the model's forward received its KV cache as {name}=, a keyword adapt-hooks does not know "
+                f"(it reads {', '.join(k + '=' for k in CACHE_KEYWORDS)})"
+            )
+    return None
+
+
+def output_cache(output: object):
+    """The KV cache a model's ``forward`` returned (``output.cache`` from 5.24, ``past_key_values`` before)."""
+    for name in CACHE_KEYWORDS:
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def image_input(kwargs: Mapping[str, object]) -> str | None:
+    """The keyword that brings this forward call images (see :data:`IMAGE_KEYWORDS`), or ``None``."""
+    for name in IMAGE_KEYWORDS:
+        value = kwargs.get(name)
+        if name == "mm_encoder_outputs":
+            value = encoded_images(kwargs)
+        if value is not None:
+            return name
+    return None
+
+
+def encoded_images(kwargs: Mapping[str, object]):
+    """The vision encoder's output that ``generate`` hands the prefill (5.23 and newer), or ``None``."""
+    encoded = kwargs.get("mm_encoder_outputs")
+    return encoded.get("image") if isinstance(encoded, Mapping) else None
+
+
+# -- attention dispatch -------------------------------------------------------------------------
+def text_attention(model: nn.Module) -> str | None:
+    """The attention implementation the language model dispatches to (read at every forward)."""
+    return model.config.get_text_config()._attn_implementation
+
+
+def set_text_attention(model: nn.Module, implementation: str | None) -> None:
+    """Point the language model's attention (and mask creation) at ``implementation`` from its next
+    forward on, leaving the vision tower as it is."""
+    model.config.get_text_config()._attn_implementation = implementation
+
+
+def attention_function(implementation: str) -> AttentionFn | None:
+    """The attention function registered under ``implementation``, or ``None``."""
+    return modeling_utils.ALL_ATTENTION_FUNCTIONS.get(implementation)
+
+
+def mask_function(implementation: str) -> Callable | None:
+    """The mask builder registered under ``implementation`` (``None``: that name gets no mask)."""
+    return masking_utils.ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(implementation)
+
+
+def eager_attention(module: nn.Module) -> AttentionFn | None:
+    """The eager attention function of ``module``'s modeling file (what ``"eager"`` means for it)."""
+    return getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+
+
+def register(name: str, function: AttentionFn, mask: Callable | None) -> None:
+    """Register ``function`` (and the mask format it expects) under ``name``, globally."""
+    modeling_utils.AttentionInterface.register(name, function)
+    if mask is not None:
+        masking_utils.AttentionMaskInterface.register(name, mask)
+
+
+def unregister(name: str) -> None:
+    """Remove ``name`` from both registries (a no-op for a name that is not there)."""
+    modeling_utils.AttentionInterface._global_mapping.pop(name, None)
+    masking_utils.AttentionMaskInterface._global_mapping.pop(name, None)
