@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random-weight models of every supported family and attention
 implementation. The battery runs on all of them; ``ADAPT_HOOKS_FAMILIES=llava,qwen2_vl``
-restricts it to some families."""
+restricts it to some families. Every test outside the command-line and docs pages is part of the
+``conformance`` battery (``pytest -m conformance``), which CI also runs on the oldest supported
+transformers."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import pytest
 import torch
 
+from adapt_hooks import compat
 from adapt_hooks.tiny import _FAMILIES, tiny_model
 
 torch.set_num_threads(1)  # tiny models: threads only add contention
@@ -33,6 +36,23 @@ def model(request):
 @pytest.fixture
 def llava():
     return _model("llava", "eager")
+
+
+#: Test modules outside the conformance battery: they exercise the command line and the docs pages
+#: (subprocesses, most of the suite's time), not the guard on another transformers.
+_INTERFACE_MODULES = ("test_cli", "test_docs")
+
+
+def pytest_report_header(config):
+    import transformers
+
+    return f"adapt-hooks: transformers {transformers.__version__} (tested range {compat.tested_range()}), torch {torch.__version__}"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] not in _INTERFACE_MODULES:
+            item.add_marker(pytest.mark.conformance)
 
 
 def generate(model, inputs, **kwargs):

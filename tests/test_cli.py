@@ -78,13 +78,16 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path):
         (["run", "--model", tmp_path / "nowhere", "--image", checkpoint / "scene.png", "--prompt", "x",
           "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["demo", "--tau", "-1"], "DriftMonitor(tau=...) must be >= 0"),
+        (["demo", "--max-new-tokens", "1", "--out", tmp_path], "the guard observed no decode step (generated 1 token"),
+        (["run", "--model", checkpoint, "--image", checkpoint / "scene.png", "--prompt", "x", "--max-new-tokens", "1",
+          "--out", tmp_path], "the guard observed no decode step"),
     ]
     if torch.cuda.is_available():
         cases.pop(3)
     for args, message in cases:
         result = cli(*args)
         assert result.returncode == 2, (args, result.stderr)
-        lines = result.stderr.strip().splitlines()
+        lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("Loading weights")]
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, result.stderr
 
 
@@ -103,7 +106,31 @@ def test_unsupported_model_is_named(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and "llama" in result.stderr.lower()
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["debias"]])
+def test_check_reports_every_internal_and_exits_0():
+    from adapt_hooks import compat
+
+    result = cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert f"transformers {compat.INSTALLED}" in lines[0]
+    checks = [line.split(":")[0].split(None, 1)[1] for line in lines[1:]]
+    assert checks == ["release", "cache keyword", "prefill images", "attention call", "mask interface",
+                      "eager attention", "reorder_cache"]
+    assert all(line.startswith("ok") for line in lines[1:])
+
+
+def test_check_exits_1_naming_what_changed(monkeypatch, capsys):
+    from adapt_hooks import canary, cli as command
+
+    monkeypatch.setattr(canary, "run", lambda: [canary.Finding("release", True, "fine"),
+                                                canary.Finding("cache keyword", False, "passed as kv=, not cache=")])
+    assert command.main(["check"]) == 1
+    out, err = capsys.readouterr()
+    assert "FAIL  cache keyword: passed as kv=, not cache=" in out
+    assert len(err.strip().splitlines()) == 1 and "1 of 2 checks failed" in err
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["debias"], ["check"]])
 def test_help_on_every_command(command):
     result = cli(*command, "--help")
     assert result.returncode == 0 and "usage: adapt-hooks" in result.stdout

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import masking_utils, modeling_utils
 from transformers.cache_utils import Cache
 
+
 def _release(version: str) -> tuple[int, ...]:
     """``"5.24.0"`` -> ``(5, 24, 0)``; pre-release and dev suffixes are ignored."""
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
@@ -58,18 +59,19 @@ class CompatibilityError(RuntimeError):
 
     def __init__(self, what: str) -> None:
         super().__init__(
-            f"transformers {INSTALLED}: {what}. adapt-hooks supports transformers {MINIMUM}-{NEWEST_TESTED}; install "
-            f"one of those (pip install 'transformers=={NEWEST_TESTED}') and report this line to adapt-hooks."
+            f"transformers {INSTALLED}: {what}. adapt-hooks is tested with transformers {tested_range()}: run "
+            "`adapt-hooks check` to see what changed, and report its output to adapt-hooks."
         )
 
 
 def tested_range() -> str:
+    """The tested releases, for messages: ``"5.17.0 to 5.24.0"``."""
     return f"{MINIMUM} to {NEWEST_TESTED}"
 
 
-def is_newer_than_tested(version: str = INSTALLED) -> bool:
-    """True for a release newer than the newest one adapt-hooks was tested on (dev builds included)."""
-    return _release(version) > _release(NEWEST_TESTED)
+def is_newer_than_tested(version: str | None = None) -> bool:
+    """True when ``version`` (default: the installed one) is newer than the newest tested release."""
+    return _release(version or INSTALLED) > _release(NEWEST_TESTED)
 
 
 @cache
