@@ -149,7 +149,7 @@ class Guard:
             self._prompt_cache = None if cache is None else weakref.ref(cache)
             new = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
             self._awaiting = None if cache is not None or new is None else new.shape[1]
-            self._uncached_ids = input_ids if cache is None else None
+            self._uncached_ids = input_ids if cache is None and self._layout is not None else None
         elif self._prompt_cache is None or self._prompt_cache() is not cache:
             raise RuntimeError(
                 "adapt_hooks.guard: a decode step arrived on a KV cache whose prompt this guard did not see start "
@@ -187,9 +187,9 @@ class Guard:
         self._prompt_cache = None if cache is None else weakref.ref(cache)
 
     def _refuse_recomputed_step(self, input_ids: torch.Tensor | None) -> None:
-        """A cacheless call whose ``input_ids`` are the previous cacheless prompt plus one token is
-        a decode step recomputed from scratch (``generate(use_cache=False)``): refused, since the
-        guard observes decode steps through the KV cache."""
+        """A cacheless call whose ``input_ids`` are the previous cacheless prompt with images plus
+        one token is a decode step recomputed from scratch (``generate(use_cache=False)``):
+        refused, since the guard observes decode steps through the KV cache."""
         previous = self._uncached_ids
         if (
             previous is not None and input_ids is not None and input_ids.ndim == 2

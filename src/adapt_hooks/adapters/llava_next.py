@@ -20,8 +20,8 @@ an ``image_newline`` slot after each of its rows; every slot carries the image t
 
 Grid shapes come from ``image_sizes`` when the forward call has it (mirroring the model's
 resolution choice, unpadding and pooling; OneVision's ``batch_num_images`` marks the untiled
-images). ``generate`` encodes images before the prefill and passes ``mm_encoder_outputs`` without
-``image_sizes``; each image's feature block then shows the shape itself: its newline slots are the
+images). ``generate`` from transformers 5.23 on encodes images before the prefill and hands over
+their features without ``image_sizes`` (see :func:`adapt_hooks.compat.encoded_images`); each image's feature block then shows the shape itself: its newline slots are the
 rows equal to its last row (the newline embedding), which fixes the tile grid's row length.
 """
 
@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .. import compat
 from .base import Adapter, GridSpec
 
 
@@ -119,7 +120,7 @@ class LlavaNextAdapter(Adapter):
 
     def row_grids(self, config, is_image, n_tokens, inputs):
         sizes = inputs.get("image_sizes")
-        encoded = (inputs.get("mm_encoder_outputs") or {}).get("image")
+        encoded = compat.encoded_images(inputs)
         if sizes is not None:
             images = self._images_from_sizes(config, sizes, inputs)
         elif encoded is not None and getattr(encoded, "pooler_output", None) is not None:
