@@ -24,8 +24,9 @@ class Guard:
 
     ``run.anchor`` and ``run.monitor`` hold the last guarded prompt's anchor and drift history.
     Entering points the language model's attention implementation at a freshly registered
-    interceptor and adds one forward pre-hook on the model; leaving (normally or by exception)
-    undoes both and unregisters the name. A guard can be entered again after it was left.
+    interceptor and adds a forward pre-hook and a forward hook on the model; leaving (normally or
+    by exception) undoes all of it and unregisters the name. A guard can be entered again after it
+    was left.
 
     While a prompt is guarded, its KV cache's ``reorder_cache`` (what beam search calls between
     steps) also reorders the anchor's and the monitor's per-row state, so that each row's state
@@ -322,10 +323,11 @@ class Guard:
 
 
 class _PreHook:
-    """The guard's forward pre-hook (and, as :meth:`after`, its forward hook). It runs eagerly inside a ``torch.compile``'d forward (the
-    per-prompt state lives in Python, which a compiled graph would freeze), and it refuses to be
-    copied or pickled: a copy of the model would keep pointing at this guard's attention function,
-    which is unregistered when the ``with`` block ends."""
+    """The guard's forward pre-hook and, as :meth:`after`, its forward hook. Both run eagerly
+    inside a ``torch.compile``'d forward (the per-prompt state lives in Python, which a compiled
+    graph would freeze), and the hook refuses to be copied or pickled: a copy of the model would
+    keep pointing at this guard's attention function, which is unregistered when the ``with``
+    block ends."""
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
