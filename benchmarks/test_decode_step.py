@@ -16,8 +16,8 @@ from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor, decode, steering
-from adapt_hooks.adapters import ImageLayout
-from adapt_hooks.interceptor import _attend
+from adapt_hooks.layout import ImageLayout
+from adapt_hooks.hooks.interceptor import _attend
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 TINY_MODES = {"unguarded": None, "observe": dict(steer=False), "steer": dict(tau=2.0), "steer-no-history": dict(tau=2.0, history=False)}

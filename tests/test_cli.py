@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adapt_hooks import report
+from adapt_hooks.viz import report
 from adapt_hooks.tiny import tiny_model
 from adapt_hooks.tiny.llava import demo_image, processor
 

@@ -9,7 +9,7 @@ import torch
 
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor, VAGDPOLoss, decode, sequence_logps, signals, steering  # noqa: I001
-from adapt_hooks.adapters import ImageLayout
+from adapt_hooks.layout import ImageLayout
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 from .conftest import generate

@@ -14,7 +14,8 @@ from transformers.models.gemma3.modeling_gemma3 import Gemma3MultiModalProjector
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor
-from adapt_hooks.adapters import Grid, get_adapter
+from adapt_hooks.adapters import get_adapter
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.base import cache_keeping_layers
 from adapt_hooks.adapters.gemma3 import Gemma3Adapter
 from adapt_hooks.adapters.paligemma import PaliGemmaAdapter

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, Glm4vConfig, Glm4vMoeConfig
 
-from adapt_hooks.adapters.base import Grid
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.glm4v import Glm4vAdapter
 from adapt_hooks.tiny import glm4v as tiny
 

@@ -9,7 +9,8 @@ import torch
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor
-from adapt_hooks.adapters import Grid, get_adapter
+from adapt_hooks.adapters import get_adapter
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.idefics3 import Idefics3Adapter
 from adapt_hooks.tiny import model_types, tiny_inputs
 

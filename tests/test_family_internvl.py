@@ -10,7 +10,7 @@ import torch
 from transformers import InternVLConfig
 from transformers.models.internvl.processing_internvl import InternVLProcessor
 
-from adapt_hooks.adapters.base import Grid
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.internvl import InternVLAdapter
 
 START, END, CONTEXT, TEXT = 1, 2, 3, 9

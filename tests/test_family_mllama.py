@@ -17,7 +17,7 @@ from transformers.models.mllama.processing_mllama import (
 
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor
-from adapt_hooks.adapters import Grid
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.mllama import MllamaAdapter
 from adapt_hooks.tiny import tiny_inputs
 

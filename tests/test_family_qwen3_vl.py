@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, Qwen3VLConfig, Qwen3VLMoeConfig
 
-from adapt_hooks.adapters.base import Grid
+from adapt_hooks.layout import Grid
 from adapt_hooks.adapters.qwen3_vl import Qwen3VLAdapter
 from adapt_hooks.tiny import qwen3_vl as tiny
 

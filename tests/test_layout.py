@@ -7,7 +7,8 @@ import types
 import pytest
 import torch
 
-from adapt_hooks.adapters import Adapter, Grid, GridSpec
+from adapt_hooks.adapters import Adapter
+from adapt_hooks.layout import Grid, GridSpec
 
 IMG = 3
 

@@ -11,7 +11,7 @@ from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor
-from adapt_hooks.guard import Guard
+from adapt_hooks import Guard
 from adapt_hooks.tiny import model_types, tiny_inputs, tiny_model
 
 from .conftest import _model, generate

@@ -14,8 +14,8 @@ from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor, decode, signals, steering
-from adapt_hooks.adapters import ImageLayout
-from adapt_hooks.interceptor import Interceptor
+from adapt_hooks.layout import ImageLayout
+from adapt_hooks.hooks.interceptor import Interceptor
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import generate

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from adapt_hooks import VAGDPOCollator, VAGDPOLoss, dpo_loss, make_vagdpo_pair, reference_logps, sequence_logps
-from adapt_hooks.pairs import add_noise, cumulative_alpha
+from adapt_hooks.noise import add_noise, cumulative_alpha
 from adapt_hooks.tiny import tiny_model
 from adapt_hooks.tiny.llava import processor
 

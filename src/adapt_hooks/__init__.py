@@ -4,16 +4,17 @@ ADAPT anchors the text-to-image attention on what the first generated tokens loo
 it drift during decoding, and steers it back only when it drifts.
 """
 
-from .adapters import Adapter, Grid, GridSpec, ImageLayout, register_adapter, supported_models
+from ._version import __version__
+from .adapters import Adapter, register_adapter, supported_models
 from .anchor import Anchor
-from .debias import DebiasMask, estimate_debias_mask
-from .dpo import VAGDPOLoss, dpo_loss
-from .guard import Guard, guard
-from .logps import SequenceLogps, reference_logps, sequence_logps
+from .calibration import estimate_debias_mask
+from .debias import DebiasMask
+from .hooks.guard import Guard, guard
+from .layout import Grid, GridSpec, ImageLayout
 from .monitor import DriftMonitor
-from .pairs import VAGDPOCollator, compute_anchor, make_vagdpo_pair
-
-__version__ = "0.1.0"
+from .training.dpo import VAGDPOLoss, dpo_loss
+from .training.logps import SequenceLogps, reference_logps, sequence_logps
+from .training.pairs import VAGDPOCollator, compute_anchor, make_vagdpo_pair
 
 __all__ = [
     "Adapter",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from . import persistence, scoring
-from .adapters import Grid, ImageLayout
+from .layout import Grid, ImageLayout
 from .debias import DebiasMask
 from .validation import check_count, check_number
 
@@ -238,13 +238,13 @@ class Anchor:
         ``index=None``, every grid of the row, each on its own box of the list ``box`` (e.g. the
         tiles of a tiled image; where boxes overlap the larger weight wins).
         """
-        from .visual import enhance
+        from .viz.visual import enhance
 
         return enhance(image, *self._placed(row, index, box))
 
     def heatmap(self, image, row: int = 0, index: int | None = 0, box=None, opacity: float = 0.5):
         """``image`` with the anchor overlaid as a heat map (PIL image); grids and boxes as in :meth:`to_image`."""
-        from .visual import heatmap
+        from .viz.visual import heatmap
 
         return heatmap(image, *self._placed(row, index, box), opacity=opacity)
 

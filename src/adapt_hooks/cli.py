@@ -13,7 +13,7 @@ import torch
 
 from . import Anchor, DriftMonitor, __version__, compat, estimate_debias_mask, guard
 from .prompts import chat_prompt
-from .report import drift_table, write_pictures
+from .viz.report import drift_table, write_pictures
 
 
 class CommandError(Exception):

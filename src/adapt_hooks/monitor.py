@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import decode, scoring, signals, steering
-from .adapters import ImageLayout
+from .layout import ImageLayout
 from .anchor import Anchor
 from .validation import check_number
 

@@ -10,14 +10,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._version import __version__
+
 FORMAT_KEY = "adapt_hooks.format"
 META_KEY = "adapt_hooks.meta"
 
 
 def save(path: str | os.PathLike, kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``tensors`` (moved to CPU, made contiguous) and JSON ``meta`` tagged as ``kind``."""
-    from . import __version__
-
     meta = {**meta, "version": __version__}
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items() if t is not None}
     save_file(tensors, os.fspath(path), metadata={FORMAT_KEY: kind, META_KEY: json.dumps(meta)})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .adapters import ImageLayout
+from .layout import ImageLayout
 
 MODES = ("logprior", "blend", "redistribute")
 

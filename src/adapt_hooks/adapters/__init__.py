@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Adapter, Grid, GridSpec, ImageLayout
+from .base import Adapter, RepeatedGridAdapter
 from .aya_vision import AyaVisionAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
@@ -67,4 +67,4 @@ for _adapter in (
 ):
     register_adapter(_adapter)
 
-__all__ = ["Adapter", "Grid", "GridSpec", "ImageLayout", "get_adapter", "register_adapter", "supported_models"]
+__all__ = ["Adapter", "RepeatedGridAdapter", "get_adapter", "register_adapter", "supported_models"]

@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .. import compat
-from .base import Adapter, GridSpec
+from ..layout import GridSpec
+from .base import Adapter
 
 
 class LlavaNextAdapter(Adapter):

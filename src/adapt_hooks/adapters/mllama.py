@@ -26,7 +26,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .base import Adapter, Grid, ImageLayout
+from ..layout import Grid, ImageLayout
+from .base import Adapter
 
 
 def _pair(value: int | list[int] | tuple[int, int]) -> tuple[int, int]:

@@ -10,11 +10,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from . import compat, signals
-from .adapters import ImageLayout, get_adapter
-from .anchor import Anchor
+from .. import compat, signals
+from ..adapters import get_adapter
+from ..anchor import Anchor
+from ..layout import ImageLayout
+from ..monitor import DriftMonitor
+from .cache import BeamFollower
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
-from .monitor import DriftMonitor
 
 _names = itertools.count()
 
@@ -206,7 +208,7 @@ class Guard:
     # -- beam search ----------------------------------------------------------------------------
     def _follow(self, cache) -> None:
         """Have ``cache.reorder_cache`` also reorder this guard's per-row state (see
-        :class:`_Reorder`); the previous prompt's cache, if another, is released first."""
+        :class:`BeamFollower`); the previous prompt's cache, if another, is released first."""
         if self._cache is not None and self._cache() is cache:
             return
         self._release_cache()
@@ -214,9 +216,9 @@ class Guard:
             return  # not a transformers cache: nothing reorders it
         wrapper = vars(cache).get(compat.REORDER)
         if wrapper is None:
-            wrapper = _Reorder(cache)
+            wrapper = BeamFollower(cache)
             setattr(cache, compat.REORDER, wrapper)
-        elif not isinstance(wrapper, _Reorder):
+        elif not isinstance(wrapper, BeamFollower):
             return  # someone else's instance-level reorder_cache: leave it alone
         wrapper.guards.append(weakref.ref(self))
         self._cache = weakref.ref(cache)
@@ -226,7 +228,7 @@ class Guard:
         cache = None if self._cache is None else self._cache()
         self._cache = None
         wrapper = None if cache is None else vars(cache).get(compat.REORDER)
-        if isinstance(wrapper, _Reorder):
+        if isinstance(wrapper, BeamFollower):
             wrapper.guards[:] = [ref for ref in wrapper.guards if ref() not in (self, None)]
             if not wrapper.guards:
                 delattr(cache, compat.REORDER)
@@ -348,31 +350,6 @@ class _PreHook:
         )
 
     __deepcopy__ = __reduce_ex__ = __reduce__ = _refuse
-
-
-class _Reorder:
-    """Set on a cache instance as its ``reorder_cache`` while guards follow it: runs the cache's
-    own reordering, then lets each following guard reorder its per-row state the same way.
-    Holds the cache and the guards by weak reference, so that it keeps neither alive."""
-
-    def __init__(self, cache) -> None:
-        self.cache = weakref.ref(cache)
-        self.guards: list[weakref.ref] = []
-
-    def __call__(self, beam_idx: torch.Tensor, *args, **kwargs):
-        cache = self.cache()
-        result = getattr(type(cache), compat.REORDER)(cache, beam_idx, *args, **kwargs)
-        for ref in list(self.guards):
-            guard = ref()
-            if guard is not None and guard._layout is not None:
-                guard._reorder(beam_idx)
-        return result
-
-    def __deepcopy__(self, memo: dict) -> _Reorder:
-        """A copied cache reorders only itself (``copy.deepcopy`` registers the copy in ``memo``
-        before copying its attributes)."""
-        copy = memo.get(id(self.cache()))
-        return _Reorder(copy) if copy is not None else self
 
 
 def _ranges(indices: list[int]) -> str:

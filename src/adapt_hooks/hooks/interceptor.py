@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from . import compat
-from .compat import AttentionFn
+from .. import compat
+from ..compat import AttentionFn
 
-if TYPE_CHECKING:
-    from .guard import Guard
+
+class StepHandler(Protocol):
+    """What the interceptor asks of the guard that registered it."""
+
+    @property
+    def observing(self) -> bool: ...
+
+    def decode_step(
+        self, slot: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
+        scaling: float, softcap: float | None,
+    ) -> torch.Tensor | None: ...
 
 #: Interceptors currently registered, by their registered name (lets nested guards find the
 #: implementation underneath an outer guard).
@@ -73,7 +82,7 @@ class Interceptor:
     runs eagerly, at a graph break: the guard's per-prompt state lives in Python, which a compiled
     graph would freeze."""
 
-    def __init__(self, guard: Guard, base: AttentionFn, mask_builder: Callable | None, slots: dict[int, int]) -> None:
+    def __init__(self, guard: StepHandler, base: AttentionFn, mask_builder: Callable | None, slots: dict[int, int]) -> None:
         self.guard = guard
         self.base = base
         self.mask_builder = mask_builder

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .guard import Guard
+from ..hooks.guard import Guard
 
 PLOT_HINT = "drift.png needs matplotlib: pip install 'adapt-hooks[plot]'"
 

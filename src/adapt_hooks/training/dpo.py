@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .validation import check_number
+from ..validation import check_number
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 

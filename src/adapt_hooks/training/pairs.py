@@ -10,36 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .anchor import Anchor
-from .prompts import chat_prompt
-
-NOISE_STEPS, NOISE_STEP = 1000, 500
-
-
-def cumulative_alpha(step: int = NOISE_STEP, steps: int = NOISE_STEPS, beta_start: float = 1e-4, beta_end: float = 0.02) -> float:
-    """``ᾱ_t = Π_{s=1..t} (1 − β_s)`` of a linear β schedule over ``steps`` diffusion steps."""
-    if not 0 <= step <= steps:
-        raise ValueError(f"noise step must lie in 0..{steps}, got {step}.")
-    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
-    return float(torch.prod(1 - betas[:step]))
-
-
-def add_noise(pixels: torch.Tensor, step: int = NOISE_STEP, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Diffusion forward noise ``sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`` on ``x`` in [-1, 1]."""
-    alpha = cumulative_alpha(step)
-    noise = torch.randn(pixels.shape, generator=generator)
-    return alpha**0.5 * pixels + (1 - alpha) ** 0.5 * noise
-
-
-def noise_image(image, step: int = NOISE_STEP, generator: torch.Generator | None = None):
-    """The noise-injected ("blind") PIL image: pixels mapped to [-1, 1], noised, mapped back and clipped."""
-    import numpy as np
-    from PIL import Image
-
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1)
-    noisy = (add_noise(pixels, step, generator) + 1) * 127.5
-    return Image.fromarray(noisy.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
-
+from ..anchor import Anchor
+from ..hooks.guard import guard
+from ..monitor import DriftMonitor
+from ..noise import NOISE_STEP, noise_image
+from ..prompts import chat_prompt
 
 def make_vagdpo_pair(image, anchor: Anchor | torch.Tensor, *, step: int = NOISE_STEP, seed: int | None = 0, row: int = 0, box=None):
     """``(VE image, noise-injected image)`` of a PIL ``image``: the anchor (an :class:`Anchor`, or
@@ -54,9 +29,6 @@ def make_vagdpo_pair(image, anchor: Anchor | torch.Tensor, *, step: int = NOISE_
 @torch.no_grad()
 def compute_anchor(model: nn.Module, inputs: Mapping[str, torch.Tensor], anchor: Anchor | None = None) -> Anchor:
     """The anchor of one prompt: ``k + 1`` greedy tokens under an observe-only guard."""
-    from .guard import guard
-    from .monitor import DriftMonitor
-
     anchor = anchor or Anchor()
     with guard(model, anchor=anchor, monitor=DriftMonitor(steer=False, history=False)):
         model.generate(**inputs, max_new_tokens=anchor.k + 1, min_new_tokens=anchor.k + 1, do_sample=False)

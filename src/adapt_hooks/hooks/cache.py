@@ -1,0 +1,35 @@
+"""Following a KV cache through beam search: the cache's ``reorder_cache`` is wrapped so that every
+guard following the cache reorders its per-row state the same way."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from .. import compat
+
+
+class BeamFollower:
+    """Set on a cache instance as its ``reorder_cache`` while guards follow it: runs the cache's
+    own reordering, then lets each following guard reorder its per-row state the same way.
+    Holds the cache and the guards by weak reference, so that it keeps neither alive."""
+
+    def __init__(self, cache) -> None:
+        self.cache = weakref.ref(cache)
+        self.guards: list[weakref.ref] = []
+
+    def __call__(self, beam_idx: torch.Tensor, *args, **kwargs):
+        cache = self.cache()
+        result = getattr(type(cache), compat.REORDER)(cache, beam_idx, *args, **kwargs)
+        for ref in list(self.guards):
+            guard = ref()
+            if guard is not None and guard._layout is not None:
+                guard._reorder(beam_idx)
+        return result
+
+    def __deepcopy__(self, memo: dict) -> BeamFollower:
+        """A copied cache reorders only itself (``copy.deepcopy`` registers the copy in ``memo``
+        before copying its attributes)."""
+        copy = memo.get(id(self.cache()))
+        return BeamFollower(copy) if copy is not None else self

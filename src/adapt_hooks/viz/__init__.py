@@ -1,0 +1,1 @@
+"""Pictures and reports of a guarded run: anchor heat maps, the VE image and the drift table."""
