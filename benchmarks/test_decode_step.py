@@ -3,7 +3,8 @@ against the guard's interceptor around it, observing or steering.
 
 Two shapes: a decode call captured from the tiny LLaVA (the whole interceptor path, Python
 included), and a LLaVA-7B-shaped layer (32 heads of 128, 576 image keys in a 640-key cache)
-through the fused step function itself, eagerly and through ``torch.compile``.
+through the monitor and the methods themselves: observing, ADAPT steering (eager and through
+``torch.compile``) and PAI.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor, decode, steering
-from adapt_hooks.layout import ImageLayout
+from adapt_hooks import Anchor, DriftMonitor
 from adapt_hooks.hooks.interceptor import _attend
+from adapt_hooks.layout import Grid, ImageLayout
+from adapt_hooks.methods.adapt import ADAPT
+from adapt_hooks.methods.base import Prompt
+from adapt_hooks.methods.pai import PAI
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 TINY_MODES = {"unguarded": None, "observe": dict(steer=False), "steer": dict(tau=2.0), "steer-no-history": dict(tau=2.0, history=False)}
@@ -72,30 +76,43 @@ def _llava7b_layer(kv: int = 640, image: int = 576, heads: int = 32, dim: int = 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, dim, generator=g) for n in (1, kv, kv))
     positions = torch.arange(5, 5 + image)[None]
-    layout = ImageLayout(positions, torch.ones_like(positions, dtype=torch.bool), (((24, 24),),), kv - 40)
-    anchor = torch.rand(1, image, generator=g)
-    state = dict(
-        terms=torch.stack((anchor, torch.ones_like(anchor)), -1),
-        threshold=torch.full((1, 1), 2.0),
-        steered=torch.zeros(1, 1, dtype=torch.int32),
-        boost=torch.expm1(steering.logprior(anchor, layout, 0.5, 1e-6)),
-    )
-    return q, k, v, positions, state
+    layout = ImageLayout(positions, torch.ones_like(positions, dtype=torch.bool), ((Grid(0, 24, 24),),), kv - 40)
+    anchor = Anchor.from_weights(torch.rand(24, 24, generator=g))
+    anchor.begin(layout, [0], 1)
+    return q, k, v, layout, anchor
 
 
-LAYER_MODES = ("unguarded", "observe", "steer", "steer-compiled")
+def _layer_step(mode: str, layout: ImageLayout, anchor: Anchor):
+    """What the guard does for one monitored (step, layer): the monitor observes, the methods edit."""
+    monitor = DriftMonitor(normalize=None, history=False, compile=mode.endswith("compiled"))
+    monitor.begin(layout, 1)
+    methods = {"observe": [], "pai": [PAI(alpha=0.2, layers=[0])]}.get(mode, [ADAPT(tau=2.0)])
+    for method in methods:
+        method.start(Prompt(layout, anchor, (0,), 1))
+    positions = layout.positions
+
+    def step(q, k, scaling):
+        observed = monitor.observe(0, 0, q, k, None, scaling, None, positions, None, anchor)
+        for method in methods:
+            method.attend(observed)
+        monitor.record(observed)
+        return observed.result()
+
+    return step
+
+
+LAYER_MODES = ("unguarded", "observe", "steer", "steer-compiled", "pai")
 
 
 @pytest.mark.parametrize("mode", LAYER_MODES)
 def test_llava7b_shaped_layer_step(benchmark, paired, mode):
     benchmark.group = "decode step, LLaVA-7B-shaped layer"
-    q, k, v, positions, s = _llava7b_layer()
+    q, k, v, layout, anchor = _llava7b_layer()
     module, scaling = _Layer(), q.shape[-1] ** -0.5
-    step = decode.compiled_drift_step() if mode.endswith("compiled") else decode.drift_step
-    boost = None if mode == "observe" else s["boost"]
+    step = _layer_step(mode, layout, anchor)
 
-    def guarded():  # what the interceptor does: observe, then the kernel; or attend with the steered probabilities
-        probs, _, _ = step(q, k, None, scaling, None, positions, None, s["terms"], s["threshold"], s["steered"], boost, None, False)
+    def guarded():  # what the interceptor does: observe, then the kernel; or attend with the edited probabilities
+        probs = step(q, k, scaling)
         if probs is None:
             return sdpa_attention_forward(module, q, k, v, None, scaling=scaling)
         return _attend(probs, v, q.dtype)

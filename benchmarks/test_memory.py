@@ -70,7 +70,8 @@ def test_state_does_not_grow_with_tokens(benchmark):
         for new_tokens in (16, 128):
             with torch.no_grad(), adapt_hooks.guard(model, monitor=DriftMonitor(tau=0.9, history=False)) as run:
                 model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            sizes[new_tokens] = sum(t.numel() * t.element_size() for t in run.monitor._state_tensors())
+            state = run.monitor._state_tensors() + [t for m in run.methods for t in m.state_tensors()]
+            sizes[new_tokens] = sum(t.numel() * t.element_size() for t in state)
 
     benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
     benchmark.extra_info.update({f"state_bytes_{n}_tokens": size for n, size in sizes.items()})

@@ -39,8 +39,8 @@ def test_failed_compilation_falls_back_to_eager(llava, monkeypatch):
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    step = decode.compiled(decode.drift_step)
-    monkeypatch.setattr(decode, "compiled_drift_step", lambda: step)
+    step = decode.compiled(decode.observe)
+    monkeypatch.setattr(decode, "compiled_observe", lambda: step)
     expected, _ = _steered(llava, DriftMonitor(tau=1.2))
     with pytest.warns(UserWarning, match="torch.compile of the decode step failed.*no compiler here") as caught:
         out, monitor = _steered(llava, DriftMonitor(tau=1.2, compile=True))

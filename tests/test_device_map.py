@@ -94,8 +94,11 @@ def test_split_model_generates_as_the_unsplit_one_with_state_on_each_layers_devi
         for slot, device in enumerate(devices):
             state = run.monitor._slots.get(slot)
             if state is not None:
-                assert {t.device for t in (state.terms, state.threshold, state.steered)} == {device}
-        assert all(isinstance(t, OnDevice) for t in run.monitor._state_tensors())
+                assert {t.device for t in (state.terms, state.steered)} == {device}
+        for method in run.methods:  # per-device constants live on each hooked layer's device
+            assert {device for (_, device) in method._cache if isinstance(device, torch.device)} <= set(devices)
+        state = run.monitor._state_tensors() + [t for m in run.methods for t in m.state_tensors()]
+        assert all(isinstance(t, OnDevice) for t in state)
         history, rate, got = run.monitor.history, run.monitor.intervention_rate, got.cpu()
     assert torch.equal(got, expected)
     assert (rate > 0) == (mode != "observe")

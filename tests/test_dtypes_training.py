@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import adapt_hooks
-from adapt_hooks import Anchor, DriftMonitor, VAGDPOLoss, decode, sequence_logps, signals, steering  # noqa: I001
+from adapt_hooks import Anchor, DriftMonitor, VAGDPOLoss, decode, sequence_logps, signals  # noqa: I001
 from adapt_hooks.layout import ImageLayout
+from adapt_hooks.methods.adapt import logprior
+from adapt_hooks.methods.base import AttentionStep
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 from .conftest import generate
@@ -58,17 +60,20 @@ def test_overflowing_logits_masked_rows_and_a_zero_anchor_stay_finite(dtype, mas
     layout = ImageLayout(grid.positions + 2, grid.valid, grid.grids, prefill)
     zero = torch.zeros(batch, n)
     terms = torch.stack((zero, torch.ones_like(zero)), dim=-1)
-    boost = torch.expm1(steering.logprior(zero, layout, 0.5, 1e-6))
-    threshold, steered = torch.full((batch, 1), 0.6), torch.zeros(batch, 1, dtype=torch.int32)
+    boost = torch.expm1(logprior(zero, layout, 0.5, 1e-6))
     probs = signals.attention_probs(query, key, mask, dim**-0.5)
     assert probs.isfinite().all()
     if mask_kind == "bool":
         assert probs[1].eq(0).all()  # a fully masked row attends to nothing (an additive one: uniformly)
     assert signals.image_attention(probs, layout.positions, None).isfinite().all()
-    steered_probs, normalised, row = decode.drift_step(
-        query, key, mask, dim**-0.5, None, layout.positions, None, terms, threshold, steered, boost, None, True
+    logits, observed, total, mass, normalised, score, hhi = decode.observe(
+        query, key, mask, dim**-0.5, None, layout.positions, None, terms
     )
+    row = decode.history_row(normalised, None, score, mass, hhi, score < 0.6)
     assert normalised.isfinite().all() and all(t.isfinite().all() for t in row)
+    step = AttentionStep(0, 0, logits, observed, layout.positions, None, total, score)
+    step.scale_prefill((boost * (score < 0.6)).add(1).view(batch, 1, 1, -1))
+    steered_probs = step.result()
     assert steered_probs.isfinite().all() and steered_probs[0].sum(-1).sub(1).abs().max() < 1e-5
 
 

@@ -161,11 +161,11 @@ def observed_and_eager(model, inputs) -> list[tuple[torch.Tensor, torch.Tensor, 
     seen: list[list[torch.Tensor]] = []
     with adapt_hooks.guard(model, monitor=DriftMonitor(steer=False)) as run:
         interceptor = AttentionInterface._global_mapping[run._name]
-        step_layer = run.step_layer
+        recorded = run.anchor.record  # every observed step of 4 tokens is in the anchor phase (k = 5)
 
-        def record(slot, attention):
+        def record(slot, attention, last_layer):
             seen.append([attention])
-            return step_layer(slot, attention)
+            return recorded(slot, attention, last_layer)
 
         def spy(module, query, key, value, mask, **kwargs):
             before = len(seen)
@@ -174,7 +174,7 @@ def observed_and_eager(model, inputs) -> list[tuple[torch.Tensor, torch.Tensor, 
                 seen[-1].append(out[1])
             return out
 
-        run.step_layer = record
+        run.anchor.record = record
         AttentionInterface._global_mapping[run._name] = spy
         generate(model, inputs, max_new_tokens=4)
     positions, valid = run.anchor.layout.positions, run.anchor.layout.valid

@@ -159,7 +159,8 @@ def test_state_is_bounded_without_history(llava):
         monitor = run.monitor
         assert monitor.history == {} and monitor._rows == []
         assert 0.0 < monitor.intervention_rate <= 1.0
-        sizes.append(sum(t.numel() for t in monitor._state_tensors()))
+        state = monitor._state_tensors() + [t for m in run.methods for t in m.state_tensors()]
+        sizes.append(sum(t.numel() for t in state))
     layers, (batch, n), prompt = len(run.layers), run.anchor.weights.shape, inputs["input_ids"].shape[1]
     assert sizes[0] == sizes[1] <= batch * (layers * (4 * n + 4) + prompt)  # O(layers x image tokens), flat in steps
 

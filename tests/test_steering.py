@@ -13,9 +13,11 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor, decode, signals, steering
-from adapt_hooks.layout import ImageLayout
+from adapt_hooks import DriftMonitor, decode, signals
 from adapt_hooks.hooks.interceptor import Interceptor
+from adapt_hooks.layout import ImageLayout
+from adapt_hooks.methods.adapt import logprior
+from adapt_hooks.methods.base import AttentionStep
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import generate
@@ -80,7 +82,7 @@ def _layout():
 
 def test_logprior_places_alpha_log_w_at_image_keys():
     w = torch.tensor([[1.0, 0.5, 0.0, 0.25, 1.0], [0.0, 1.0, 0.5, 0.2, 0.9]])
-    prior = steering.logprior(w, _layout(), alpha=0.5, eps=1e-6)
+    prior = logprior(w, _layout(), alpha=0.5, eps=1e-6)
     expected = torch.zeros(B, P)
     for b in range(B):
         for n in range(5):
@@ -90,26 +92,25 @@ def test_logprior_places_alpha_log_w_at_image_keys():
 
 
 class _FakeGuard:
-    """Stands in for a Guard in the decode branch: fixed positions, the real fused decode step
-    with a fixed per-row gate and log-prior."""
+    """Stands in for a Guard in the decode branch: fixed positions, the real observation step and
+    the log-prior's renormalised product on the rows of a fixed gate."""
 
     observing = True
 
     def __init__(self, gate, prior):
-        self.threshold = torch.where(gate, math.inf, -math.inf)[:, None]
+        self.gate = gate[:, None]
         self.boost = torch.expm1(prior)
         self.seen = []
 
     def decode_step(self, slot, query, key, attention_mask, scaling, softcap):
         terms = torch.ones(B, 5, 2)
-        steered = torch.zeros(B, 1, dtype=torch.int32)
-        probs, normalised, _ = decode.drift_step(
-            query, key, attention_mask, scaling, softcap, POSITIONS, VALID, terms, self.threshold, steered,
-            self.boost, None, False,
-        )  # fmt: skip
+        logits, probs, total, _, normalised, score, _ = decode.observe(
+            query, key, attention_mask, scaling, softcap, POSITIONS, VALID, terms
+        )
+        step = AttentionStep(slot, 0, logits, probs, POSITIONS, VALID, total, score)
+        step.scale_prefill((self.boost * self.gate).add(1).view(B, 1, 1, -1))
         self.seen.append(normalised)
-        assert steered.tolist() == (self.threshold > 0).int().tolist()
-        return probs
+        return step.result()
 
 
 class _Module(nn.Module):
@@ -125,7 +126,7 @@ def test_interceptor_steers_logits_exactly_as_the_formula(fmt):
     mask = masks[fmt]
     gate = torch.tensor([True, False])  # steer row 0 only
     w = torch.rand(B, 5, generator=torch.Generator().manual_seed(3))
-    prior = steering.logprior(w, _layout(), alpha=0.7, eps=1e-6)
+    prior = logprior(w, _layout(), alpha=0.7, eps=1e-6)
     module = _Module()
     fake = _FakeGuard(gate, prior)
     out, _ = Interceptor(fake, sdpa_attention_forward, None, {id(module): 0})(module, q, k, v, mask, scaling=D**-0.5)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor, steering
+from adapt_hooks import DriftMonitor
+from adapt_hooks.methods.adapt import blend, blend_gain, redistribute
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import _model, generate
@@ -26,7 +27,7 @@ def test_blend_matches_per_head_formula():
     probs = _probs()
     target = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.2, 0.3, 0.5, 0.0]])
     gain = torch.tensor([0.3, 0.0])
-    got = steering.blend(probs, POSITIONS, VALID, target, gain)
+    got = blend(probs, POSITIONS, VALID, target, gain)
     expected = probs.double().clone()
     for b in range(B):
         keys = POSITIONS[b][VALID[b]].tolist()
@@ -42,13 +43,13 @@ def test_blend_matches_per_head_formula():
 
 def test_blend_gain_formula():
     hhi, anchor = torch.tensor([0.05, 0.2, 0.5]), torch.tensor([0.1, 0.1, 0.1])
-    torch.testing.assert_close(steering.blend_gain(hhi, anchor), torch.tensor([0.2, 0.0, 0.0]))
+    torch.testing.assert_close(blend_gain(hhi, anchor), torch.tensor([0.2, 0.0, 0.0]))
 
 
 def test_redistribute_matches_per_head_formula():
     probs = _probs(1)
     keep = torch.tensor([[True, False, True, False], [True, True, True, True]])
-    got = steering.redistribute(probs, POSITIONS, VALID, keep)
+    got = redistribute(probs, POSITIONS, VALID, keep)
     expected = probs.double().clone()
     for b in range(B):
         for h in range(HKV):

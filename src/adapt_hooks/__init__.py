@@ -11,20 +11,28 @@ from .calibration import estimate_debias_mask
 from .debias import DebiasMask
 from .hooks.guard import Guard, guard
 from .layout import Grid, GridSpec, ImageLayout
+from .methods.adapt import ADAPT
+from .methods.base import AttentionStep, Method, Prompt
+from .methods.pai import PAI
 from .monitor import DriftMonitor
 from .training.dpo import VAGDPOLoss, dpo_loss
 from .training.logps import SequenceLogps, reference_logps, sequence_logps
 from .training.pairs import VAGDPOCollator, compute_anchor, make_vagdpo_pair
 
 __all__ = [
+    "ADAPT",
     "Adapter",
     "Anchor",
+    "AttentionStep",
     "DebiasMask",
     "DriftMonitor",
     "Grid",
     "GridSpec",
     "Guard",
     "ImageLayout",
+    "Method",
+    "PAI",
+    "Prompt",
     "SequenceLogps",
     "VAGDPOCollator",
     "VAGDPOLoss",

@@ -133,7 +133,7 @@ class Anchor:
         return anchor
 
     # -- recording (called by the guard) ------------------------------------------------------
-    def _reset(self, layout: ImageLayout | None, layer_ids: list[int], n_layers: int) -> None:
+    def begin(self, layout: ImageLayout | None, layer_ids: list[int], n_layers: int) -> None:
         """Start a new prompt: forget the last one, or check that a preset anchor fits it."""
         if self.preset:
             # each prompt starts from the preset as given (the last prompt may have reordered it)
@@ -164,7 +164,7 @@ class Anchor:
                 self._maps = torch.nn.functional.pad(self._maps, (0, pad)).expand(batch, -1, n).contiguous()
         self.layout = layout
 
-    def _record(self, slot: int, attention: torch.Tensor, last_layer: bool) -> None:
+    def record(self, slot: int, attention: torch.Tensor, last_layer: bool) -> None:
         """Add one step's head-mean image attention ``[B, N]`` of hooked layer ``slot``; a step
         counts as recorded once its last hooked layer was seen."""
         total = self._sums.get(slot)
@@ -174,7 +174,7 @@ class Anchor:
             total.add_(attention)
         self._steps += last_layer
 
-    def _reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor) -> None:
         """Follow a reordering of the cache rows (beam search): row ``b`` continues the hypothesis
         of row ``index[b]``, so the recorded sums (while recording) and the built anchor follow it.
         ``index`` is a device tensor: no host sync. The layout is not reordered: beams are
@@ -222,6 +222,16 @@ class Anchor:
         """Fusion weight of each hooked layer, ``[batch, layers]`` (mean over a row's grids)."""
         self._finalize()
         return self._layer_weights
+
+    def layer_map(self, slot: int, device: torch.device | None = None) -> torch.Tensor:
+        """Hooked layer ``slot``'s anchor-phase map ``[B, N]`` (on ``device``); a clear error for
+        an anchor without maps (a preset one built from weights alone)."""
+        if self.maps is None:
+            raise ValueError(
+                "This anchor has no layer maps: use DriftMonitor(normalize=None, steering='logprior') with it, "
+                "or build it with maps (Anchor.from_weights(..., maps=...))."
+            )
+        return self.maps[:, slot].to(device)
 
     def grid(self, row: int = 0, index: int = 0, values: torch.Tensor | None = None) -> torch.Tensor:
         """``values`` (default: :attr:`weights`) of one image grid of one row as a 2-D ``[H, W]`` tensor."""

@@ -1,10 +1,9 @@
-"""The monitored decode step as one pure tensor function, so it runs as a handful of kernels and
-can be handed to ``torch.compile`` whole.
+"""The monitor's observation of one decode step as pure tensor functions, so that it runs as a
+handful of kernels and can be handed to ``torch.compile`` whole.
 
-From the new query and the keys of one hooked layer it computes the image attention,
-the anchor-modulated score and its gate, the steered attention probabilities, and (when history
-is kept) the row of drift signals. No host synchronisation, no Python branching on tensor values:
-the gate acts through arithmetic.
+From the new query and the keys of one hooked layer: the attention logits and probabilities, the
+image attention, and (once the anchor exists) the anchor-modulated score; then the row of drift
+signals the history keeps. No host synchronisation, no Python branching on tensor values.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch
 from . import signals
 
 
-def drift_step(
+def observe(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -26,56 +25,30 @@ def drift_step(
     softcap: float | None,
     positions: torch.Tensor,
     valid: torch.Tensor | None,
-    terms: torch.Tensor,
-    threshold: torch.Tensor,
-    steered: torch.Tensor,
-    boost: torch.Tensor | None,
-    previous: torch.Tensor | None,
-    history: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """One monitored (step, layer).
+    terms: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """One observed (step, layer).
 
     ``terms`` ``[B, N, 2]`` holds the anchor weights (already divided by the anchor-phase AMC when
-    normalising) and ones, so one batched product gives the score ``Σ â² w`` and ``HHI = Σ â²``;
-    ``threshold`` ``[B, 1]`` is ``tau`` where a row may be steered and ``-inf`` elsewhere;
-    ``steered`` ``[B, 1]`` counts steered steps and is updated in place.
+    normalising) and ones, so that one batched product gives the score ``Σ â² w`` and
+    ``HHI = Σ â²``; ``None`` during the anchor phase (no score yet).
 
-    With a ``boost`` ``[B, P]`` (``exp`` of the log-prior bias, minus 1: ``(w + ε)^α − 1`` on the
-    prefill's image keys, 0 elsewhere) the step also returns the steered probabilities
-    ``[B, H_kv, G, kv]``: ``softmax(l + α log(w + ε))`` on gated rows, computed as
-    ``p · (1 + gate · boost)`` renormalised, which saves a second pass over the keys. Without one
-    (observing only) it returns ``None`` there. With ``history`` the returned row holds five
-    ``[B, 1]`` tensors: score, visual mass, HHI, twice the change rate against ``previous`` (the
-    last step's normalised attention, if any) and the gate; :attr:`DriftMonitor.history` stacks
-    and scales them when read.
-
-    Returns ``(steered probabilities, normalised attention [B, N], row)``.
+    Returns the logits and probabilities ``[B, H_kv, G, kv]``, the head-summed image attention
+    ``[B, N]`` (``H`` times the head mean), its mass, its normalised form ``[B, N]``, the score
+    (NaN without ``terms``) and the HHI (each ``[B, 1]``).
     """
-    probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
-    attention = signals.image_attention_total(probs, positions, valid)  # head sum: H x the head mean
-    mass, normalised, score, hhi, gate = gate_step(attention, terms, threshold, steered)
-    if boost is not None:
-        prefill = boost.shape[-1]
-        factor = (boost * gate).add_(1).view(-1, 1, 1, prefill)
-        probs[..., :prefill].mul_(factor)
-        probs = probs / probs.sum(-1, keepdim=True).clamp_min(signals.TINY)  # a fully masked row stays 0
-    row = history_row(normalised, previous, score, mass / query.shape[1], hhi, gate) if history else None
-    return (probs if boost is not None else None), normalised, row
-
-
-def gate_step(
-    attention: torch.Tensor, terms: torch.Tensor, threshold: torch.Tensor, steered: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Score and gate image attention ``[B, N]`` (any positive scale) against the anchor ``terms``
-    ``[B, N, 2]``; counts gated rows into ``steered`` in place. Returns the attention's mass, its
-    normalised form ``[B, N]``, the score, the HHI and the gate (each ``[B, 1]``)."""
+    logits = signals.attention_logits(query, key, attention_mask, scaling, softcap)
+    probs = signals.softmax(logits)
+    attention = signals.image_attention_total(probs, positions, valid)
     mass = attention.sum(-1, keepdim=True)
     normalised = attention / mass.clamp_min(signals.TINY)
-    products = torch.bmm((normalised * normalised).unsqueeze(1), terms)  # [B, 1, 2]: Σ â² w, Σ â²
-    score = products[..., 0]
-    gate = score < threshold
-    steered.add_(gate)
-    return mass, normalised, score, products[..., 1], gate
+    if terms is None:
+        score = torch.full_like(mass, float("nan"))
+        hhi = normalised.square().sum(-1, keepdim=True)
+    else:
+        products = torch.bmm((normalised * normalised).unsqueeze(1), terms)  # [B, 1, 2]: Σ â² w, Σ â²
+        score, hhi = products[..., 0], products[..., 1]
+    return logits, probs, attention, mass, normalised, score, hhi
 
 
 def history_row(
@@ -84,19 +57,19 @@ def history_row(
     score: torch.Tensor,
     mass: torch.Tensor,
     hhi: torch.Tensor,
-    gate: torch.Tensor,
+    steered: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """One (step, layer) row of the history, five ``[B, 1]`` tensors: score, visual mass, HHI,
-    twice the change rate against ``previous`` (none: 0) and the gate."""
+    twice the change rate against ``previous`` (none: 0) and whether the row was steered."""
     previous = normalised if previous is None else previous
     change = torch.linalg.vector_norm(normalised - previous, ord=1, dim=-1, keepdim=True)  # 2 x the TV distance
-    return score, mass, hhi, change, gate
+    return score, mass, hhi, change, steered
 
 
 @functools.cache
-def compiled_drift_step() -> Callable:
-    """:func:`drift_step` through ``torch.compile``, made once per process."""
-    return compiled(drift_step)
+def compiled_observe() -> Callable:
+    """:func:`observe` through ``torch.compile``, made once per process."""
+    return compiled(observe)
 
 
 def compiled(fn: Callable) -> Callable:

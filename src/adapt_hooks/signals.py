@@ -11,21 +11,19 @@ import torch
 TINY = 1e-30
 
 
-def attention_probs(
+def attention_logits(
     query: torch.Tensor,
     key: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """Post-softmax attention of a single new query over all keys, ``[B, H_kv, G, kv]`` float32.
+    """Pre-softmax attention logits of a single new query over all keys, ``[B, H_kv, G, kv]``
+    float32, masked (``-inf`` or the mask's large negative value on masked keys).
 
     ``query`` is ``[B, H, 1, D]``, ``key`` ``[B, H_kv, kv, D]``; query head ``h`` reads kv head
     ``h // G`` (transformers' ``repeat_kv`` order), matched by one batched product without copying
-    the keys.
-
-    Always finite, so that no signal turns NaN: logits that overflowed the model's dtype become
-    the largest float32, and a fully masked row gets zero attention everywhere.
+    the keys. Logits that overflowed a half-precision product become the largest float32.
     """
     batch, heads, _, dim = query.shape
     kv_heads, length = key.shape[1], key.shape[2]
@@ -44,7 +42,32 @@ def attention_probs(
             logits = torch.where(mask, logits, float("-inf"))
         else:
             logits = logits + mask
+    return logits
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over keys that stays finite: a fully masked row gets zero attention everywhere."""
     return torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)
+
+
+def attention_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Post-softmax attention of a single new query over all keys, ``[B, H_kv, G, kv]`` float32
+    (:func:`attention_logits`, then :func:`softmax`): always finite, so that no signal turns NaN."""
+    return softmax(attention_logits(query, key, attention_mask, scaling, softcap))
+
+
+def rescale_prefill_(probs: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``probs`` with the first ``P`` keys multiplied (in place) by ``factor`` ``[B, 1, 1, P]``,
+    then every row renormalised: ``softmax(l + log factor)`` from ``softmax(l)``, reading the keys once."""
+    prefill = factor.shape[-1]
+    probs[..., :prefill].mul_(factor)
+    return probs / probs.sum(-1, keepdim=True).clamp_min(TINY)  # a fully masked row stays 0
 
 
 def image_attention(probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

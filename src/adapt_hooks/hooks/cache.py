@@ -24,8 +24,8 @@ class BeamFollower:
         result = getattr(type(cache), compat.REORDER)(cache, beam_idx, *args, **kwargs)
         for ref in list(self.guards):
             guard = ref()
-            if guard is not None and guard._layout is not None:
-                guard._reorder(beam_idx)
+            if guard is not None:
+                guard.reorder_rows(beam_idx)
         return result
 
     def __deepcopy__(self, memo: dict) -> BeamFollower:
@@ -33,3 +33,28 @@ class BeamFollower:
         before copying its attributes)."""
         copy = memo.get(id(self.cache()))
         return BeamFollower(copy) if copy is not None else self
+
+
+def follow(cache, guard) -> bool:
+    """Have ``cache.reorder_cache`` also reorder ``guard``'s per-row state. False (and nothing
+    done) for an object no transformers code reorders, or one whose ``reorder_cache`` someone
+    else replaced on the instance."""
+    if not callable(getattr(type(cache), compat.REORDER, None)):
+        return False
+    wrapper = vars(cache).get(compat.REORDER)
+    if wrapper is None:
+        wrapper = BeamFollower(cache)
+        setattr(cache, compat.REORDER, wrapper)
+    elif not isinstance(wrapper, BeamFollower):
+        return False
+    wrapper.guards.append(weakref.ref(guard))
+    return True
+
+
+def release(cache, guard) -> None:
+    """Stop ``guard`` following ``cache``; the last guard to leave gives the cache its own ``reorder_cache`` back."""
+    wrapper = vars(cache).get(compat.REORDER)
+    if isinstance(wrapper, BeamFollower):
+        wrapper.guards[:] = [ref for ref in wrapper.guards if ref() not in (guard, None)]
+        if not wrapper.guards:
+            delattr(cache, compat.REORDER)

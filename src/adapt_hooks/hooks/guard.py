@@ -5,17 +5,18 @@ from __future__ import annotations
 import itertools
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .. import compat, signals
+from .. import compat
 from ..adapters import get_adapter
 from ..anchor import Anchor
 from ..layout import ImageLayout
+from ..methods.base import Method, Prompt
 from ..monitor import DriftMonitor
-from .cache import BeamFollower
+from .cache import follow, release
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
 
 _names = itertools.count()
@@ -42,6 +43,7 @@ class Guard:
         anchor: Anchor | None = None,
         monitor: DriftMonitor | None = None,
         layers: Iterable[int] | None = None,
+        methods: Sequence[Method] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"guard() expects a transformers model (torch.nn.Module), got {type(model).__name__}.")
@@ -57,6 +59,10 @@ class Guard:
         self.n_layers = len(modules)
         self.layers = self._check_layers(layers, self.adapter.hookable_layers(model, modules))
         self._modules = [modules[i] for i in self.layers]
+        self.methods = self._check_methods(methods)
+        #: per hooked slot, the methods that edit its attention, in list order
+        self._editing = [[m for m, layers in self._method_layers if m.edits_attention and i in layers] for i in self.layers]
+        self._active: list[list[Method]] = [[] for _ in self.layers]  # the current prompt's (none in training)
         self._installed = False
         self._name: str | None = None
         self._saved_implementation: str | None = None
@@ -84,10 +90,35 @@ class Guard:
             )
         return chosen
 
+    def _check_methods(self, methods: Sequence[Method] | None) -> list[Method]:
+        """The methods to run (the monitor's ADAPT steering by default), each with the hooked
+        layers it edits."""
+        chosen = self.monitor.default_methods() if methods is None else list(methods)
+        for method in chosen:
+            if not isinstance(method, Method):
+                raise TypeError(
+                    f"methods= must list adapt_hooks methods (ADAPT, PAI, VCD or a Method subclass), got "
+                    f"{type(method).__name__}."
+                )
+        if len({id(m) for m in chosen}) != len(chosen):
+            raise ValueError("methods= lists the same method object twice; make one object per entry.")
+        self._method_layers = []
+        for method in chosen:
+            layers = sorted(set(method.select_layers(self.layers, self.n_layers)))
+            outside = [i for i in layers if i not in self.layers]
+            if outside:
+                raise ValueError(
+                    f"{method!r} edits layers {outside}, which this guard does not hook ({_ranges(self.layers)}): "
+                    "pass them in guard(layers=...) or choose the method's layers among them."
+                )
+            self._method_layers.append((method, frozenset(layers)))
+        return chosen
+
     def __repr__(self) -> str:
+        methods = ", ".join(map(repr, self.methods)) or "observe only"
         return (
             f"Guard({type(self.model).__name__}, layers={self.layers[0]}..{self.layers[-1]} "
-            f"({len(self.layers)}), {self.anchor!r}, {self.monitor!r})"
+            f"({len(self.layers)}), {self.anchor!r}, {self.monitor!r}, methods=[{methods}])"
         )
 
     # -- install / restore --------------------------------------------------------------------
@@ -207,37 +238,30 @@ class Guard:
 
     # -- beam search ----------------------------------------------------------------------------
     def _follow(self, cache) -> None:
-        """Have ``cache.reorder_cache`` also reorder this guard's per-row state (see
-        :class:`BeamFollower`); the previous prompt's cache, if another, is released first."""
+        """Follow ``cache`` through beam search (see :class:`BeamFollower`); the previous
+        prompt's cache, if another, is released first."""
         if self._cache is not None and self._cache() is cache:
             return
         self._release_cache()
-        if not callable(getattr(type(cache), compat.REORDER, None)):
-            return  # not a transformers cache: nothing reorders it
-        wrapper = vars(cache).get(compat.REORDER)
-        if wrapper is None:
-            wrapper = BeamFollower(cache)
-            setattr(cache, compat.REORDER, wrapper)
-        elif not isinstance(wrapper, BeamFollower):
-            return  # someone else's instance-level reorder_cache: leave it alone
-        wrapper.guards.append(weakref.ref(self))
-        self._cache = weakref.ref(cache)
+        if follow(cache, self):
+            self._cache = weakref.ref(cache)
 
     def _release_cache(self) -> None:
-        """Stop following the cache; the last guard to leave gives it its own ``reorder_cache`` back."""
         cache = None if self._cache is None else self._cache()
         self._cache = None
-        wrapper = None if cache is None else vars(cache).get(compat.REORDER)
-        if isinstance(wrapper, BeamFollower):
-            wrapper.guards[:] = [ref for ref in wrapper.guards if ref() not in (self, None)]
-            if not wrapper.guards:
-                delattr(cache, compat.REORDER)
+        if cache is not None:
+            release(cache, self)
 
-    def _reorder(self, beam_idx: torch.Tensor) -> None:
-        """Row ``b`` of the cache now continues the hypothesis of row ``beam_idx[b]``: the anchor
-        and the monitor gather their per-row state the same way (on the device, no host sync)."""
-        self.anchor._reorder(beam_idx)
-        self.monitor._reorder(beam_idx)
+    def reorder_rows(self, beam_idx: torch.Tensor) -> None:
+        """Row ``b`` of the cache now continues the hypothesis of row ``beam_idx[b]``: the anchor,
+        the monitor and the methods gather their per-row state the same way (on the device, no
+        host sync)."""
+        if self._layout is None:
+            return
+        self.anchor.reorder(beam_idx)
+        self.monitor.reorder(beam_idx)
+        for method in self.methods:
+            method.reorder(beam_idx)
 
     def _begin(self, input_ids: torch.Tensor | None, inputs: dict | None = None, training: bool = False) -> None:
         self._step = 0
@@ -258,12 +282,17 @@ class Guard:
             self._warned = True
             why = "has no image tokens" if input_ids is not None else "has no input_ids to find image tokens in"
             warnings.warn(f"adapt_hooks.guard: the prompt {why}, so the guard does nothing for it.", stacklevel=4)
-        self.anchor._reset(self._layout, self.layers, self.n_layers)
-        self.monitor._reset(self._layout, len(self.layers), training=training)
+        self.anchor.begin(self._layout, self.layers, self.n_layers)
+        self.monitor.begin(self._layout, len(self.layers))
+        acting = self._layout is not None and (not training or self.monitor.steer_in_training)
+        self._active = [list(methods) if acting else [] for methods in self._editing]
         if self._layout is not None:
-            self._check_prompt(self._layout)
+            self._check_prompt(self._layout, acting)
+            prompt = Prompt(self._layout, self.anchor, tuple(self.layers), self.n_layers)
+            for method in self.methods:
+                method.start(prompt)
 
-    def _check_prompt(self, layout: ImageLayout) -> None:
+    def _check_prompt(self, layout: ImageLayout, acting: bool) -> None:
         """Refuse, at prefill, what would otherwise fail in the middle of decoding; build the
         layout's index tensors now so that the decode steps need no host-to-device copy."""
         layout.shape_groups, layout.grids_per_row  # noqa: B018 (cached on first access)
@@ -271,12 +300,13 @@ class Guard:
         if self.anchor.debias is not None:
             for shape in {shape for row in layout.grid_shapes for shape in row}:
                 self.anchor.debias.check(shape)
-        needs_maps = self.monitor.normalize == "anchor" or self.monitor.steering != "logprior"
+        needing = [self.monitor] if self.monitor.normalize == "anchor" else []
+        needing += [m for m in self.methods if m.needs_anchor_maps and acting]
         maps = self.anchor.maps if self.anchor.preset else None
-        if self.anchor.preset and needs_maps and (maps is None or maps.shape[1] != len(self.layers)):
+        if self.anchor.preset and needing and (maps is None or maps.shape[1] != len(self.layers)):
             raise ValueError(
                 f"This preset anchor has {'no layer maps' if maps is None else f'maps of {maps.shape[1]} layers'}, "
-                f"but {self.monitor!r} needs the anchor-phase maps of the {len(self.layers)} hooked layers: pass "
+                f"but {needing[0]!r} needs the anchor-phase maps of the {len(self.layers)} hooked layers: pass "
                 "DriftMonitor(normalize=None) (logprior steering), or an anchor saved from a guard with the same layers."
             )
 
@@ -309,19 +339,19 @@ class Guard:
         scaling: float,
         softcap: float | None,
     ) -> torch.Tensor | None:
-        """One hooked layer's decode step: recorded for the anchor during its first ``k`` steps,
-        monitored after; returns the steered probabilities to attend with, or ``None``."""
+        """One hooked layer's decode step: the monitor observes it (recording it for the anchor
+        during the anchor phase), the methods of this layer edit it in list order; returns the
+        probabilities to attend with, or ``None`` when no method edited it."""
         positions, valid = self.positions_on(query.device)
-        if self._step > self.anchor.recording_steps and self.anchor.ready:
-            return self.monitor._decode(slot, query, key, attention_mask, scaling, softcap, positions, valid, self.anchor)
-        probs = signals.attention_probs(query, key, attention_mask, scaling, softcap)
-        self.step_layer(slot, signals.image_attention(probs, positions, valid))
-        return None
-
-    def step_layer(self, slot: int, attention: torch.Tensor) -> None:
-        """Feed one hooked layer's image attention of an anchor-phase step to the anchor and monitor."""
-        self.anchor._record(slot, attention, last_layer=slot == len(self.layers) - 1)
-        self.monitor._update(slot, attention, self.anchor, monitoring=False)
+        monitoring = self._step > self.anchor.recording_steps and self.anchor.ready
+        anchor = self.anchor if monitoring else None
+        step = self.monitor.observe(slot, self.layers[slot], query, key, attention_mask, scaling, softcap, positions, valid, anchor)
+        if not monitoring:
+            self.anchor.record(slot, step.attention, last_layer=slot == len(self.layers) - 1)
+        for method in self._active[slot]:
+            method.attend(step)
+        self.monitor.record(step)
+        return step.result()
 
 
 class _PreHook:
@@ -369,6 +399,7 @@ def guard(
     anchor: Anchor | None = None,
     monitor: DriftMonitor | None = None,
     layers: Iterable[int] | None = None,
+    methods: Sequence[Method] | None = None,
 ) -> Guard:
     """Watch (and, by default, steer) the text-to-image attention of ``model`` inside a ``with`` block.
 
@@ -377,6 +408,8 @@ def guard(
     >>> run.anchor.weights, run.monitor.intervention_rate    # doctest: +SKIP
 
     ``anchor`` and ``monitor`` default to the paper's settings (K=5, tau=0.6, alpha=0.5);
-    ``layers`` restricts hooking to those decoder-layer indices (default: all).
+    ``layers`` restricts hooking to those decoder-layer indices (default: all). ``methods`` runs
+    the given decoding methods in list order instead of the monitor's ADAPT steering (for example
+    ``[adapt_hooks.ADAPT(), adapt_hooks.VCD()]``); the monitor observes alongside them.
     """
-    return Guard(model, anchor=anchor, monitor=monitor, layers=layers)
+    return Guard(model, anchor=anchor, monitor=monitor, layers=layers, methods=methods)
