@@ -96,6 +96,7 @@ class _FakeGuard:
     the log-prior's renormalised product on the rows of a fixed gate."""
 
     observing = True
+    main_rows = None
 
     def __init__(self, gate, prior):
         self.gate = gate[:, None]

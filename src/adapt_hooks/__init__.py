@@ -14,6 +14,7 @@ from .layout import Grid, GridSpec, ImageLayout
 from .methods.adapt import ADAPT
 from .methods.base import AttentionStep, Method, Prompt
 from .methods.pai import PAI
+from .methods.vcd import VCD
 from .monitor import DriftMonitor
 from .training.dpo import VAGDPOLoss, dpo_loss
 from .training.logps import SequenceLogps, reference_logps, sequence_logps
@@ -34,6 +35,7 @@ __all__ = [
     "PAI",
     "Prompt",
     "SequenceLogps",
+    "VCD",
     "VAGDPOCollator",
     "VAGDPOLoss",
     "compute_anchor",

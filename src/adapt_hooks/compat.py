@@ -13,7 +13,10 @@ What differs inside the supported range:
   is still accepted there, deprecated, so a hand-written loop may pass either);
 - the images of a prefill: ``pixel_values`` up to 5.22; from 5.23 ``generate`` runs the vision
   encoder first and hands its output over as ``mm_encoder_outputs={"image": ...}``, dropping
-  ``pixel_values`` and the encoder's own inputs (``image_grid_thw``, ``image_sizes``, ...).
+  ``pixel_values`` and the encoder's own inputs (``image_grid_thw``, ``image_sizes``, ...), and
+  expands that output itself for beams and several return sequences. A contrast stream that needs
+  other pixels (VCD's noised image) reads the encoder's inputs through :class:`ImageCapture` and
+  re-encodes with :func:`encode_images` and :func:`expand_encoded`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping
+import functools
 from functools import cache
 
 import torch
@@ -189,3 +193,58 @@ def unregister(name: str) -> None:
     """Remove ``name`` from both registries (a no-op for a name that is not there)."""
     modeling_utils.AttentionInterface._global_mapping.pop(name, None)
     masking_utils.AttentionMaskInterface._global_mapping.pop(name, None)
+
+
+# -- the vision encoder that generate runs before the prefill (5.23 and newer) ---------------------
+class ImageCapture:
+    """While installed, records the inputs of the last ``get_image_features`` call that ``generate``
+    makes on ``model.base_model`` before the prefill, and the number of images it encoded (the
+    output is expanded in place for beams afterwards), so that a contrast stream can encode other
+    pixels the same way. Installed as an instance attribute; :meth:`remove` restores the method."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.owner = model.base_model
+        self.encode = getattr(self.owner, "get_image_features", None)
+        self.last: tuple[dict, object, int] | None = None
+        self._record = None
+        if self.encode is not None:
+
+            @functools.wraps(self.encode)  # generate picks the encoder's inputs from its signature
+            def record(*args, **kwargs):
+                output = self.encode(*args, **kwargs)
+                pooled = getattr(output, "pooler_output", None)
+                self.last = (dict(kwargs), output, 0 if pooled is None or args else len(pooled))
+                return output
+
+            self._record = self.owner.get_image_features = record
+
+    def inputs_for(self, encoded: object) -> tuple[dict, int] | None:
+        """``(encoder inputs, images encoded)`` of the call that produced ``encoded``, or ``None``."""
+        if self.last is None or self.last[1] is not encoded:
+            return None
+        return self.last[0], self.last[2]
+
+    def remove(self) -> None:
+        if self._record is not None and vars(self.owner).get("get_image_features") is self._record:
+            del self.owner.get_image_features
+        self.last = None
+
+
+def encode_images(capture: ImageCapture, inputs: Mapping[str, object]):
+    """The vision encoder's output of ``inputs`` (the keyword arguments ``generate`` gives it)."""
+    return capture.encode(**{**inputs, "return_dict": True})
+
+
+def expand_encoded(model: nn.Module, input_ids: torch.Tensor, encoded: object, expand_size: int):
+    """``encoded`` (for the rows of ``input_ids``) expanded ``expand_size`` times per row, as
+    ``generate`` expands its own for beams and return sequences."""
+    if expand_size == 1:
+        return encoded
+    return model._expand_multimodal_outputs(input_ids, {"image": encoded}, expand_size=expand_size)["image"]
+
+
+def is_dynamic_cache(cache: object) -> bool:
+    """True for a cache that grows with its rows (the contrast rows of a stream need that)."""
+    from transformers.cache_utils import DynamicCache
+
+    return isinstance(cache, DynamicCache)

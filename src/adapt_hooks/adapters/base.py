@@ -55,6 +55,21 @@ class Adapter:
             )
         return layers
 
+    def hide_images(self, inputs: dict[str, object], image_tokens: torch.Tensor, length: int) -> None:
+        """Make the prompt's image tokens invisible to every query of these rows, in place: the
+        forward call's 2-D ``attention_mask`` (all ones when absent, ``length`` keys long) gets
+        zeros where ``image_tokens`` (``[B, P]``, the prefill's image placeholders) is True. The
+        rows then read like an image-free prompt of the same length and positions (the contrast
+        stream of PAI's CFG step)."""
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        mask = torch.ones(ids.shape[0], length, dtype=torch.long, device=ids.device) if mask is None else mask
+        if mask.ndim != 2:
+            raise ValueError(f"{type(self).__name__}.hide_images needs a 2-D attention_mask, got {mask.ndim}-D.")
+        prefill = image_tokens.shape[1]
+        visible = torch.cat([~image_tokens.to(mask.device), mask.new_ones(mask.shape[0], mask.shape[1] - prefill, dtype=torch.bool)], 1)
+        inputs["attention_mask"] = mask * visible
+
     def image_token_id(self, config) -> int:
         for name in ("image_token_id", "image_token_index"):
             value = getattr(config, name, None)

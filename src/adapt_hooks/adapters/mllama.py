@@ -49,6 +49,13 @@ class MllamaAdapter(Adapter):
         """Only the cross-attention layers see the image."""
         return sorted(model.config.get_text_config().cross_attention_layers)
 
+    def hide_images(self, inputs: dict[str, object], image_tokens: torch.Tensor, length: int) -> None:
+        """The text reads the image only through ``cross_attention_mask``: zero it (a row whose
+        tokens see no tile skips the cross-attention, as an image-free prompt does)."""
+        mask = inputs.get("cross_attention_mask")
+        if mask is not None:
+            inputs["cross_attention_mask"] = torch.zeros_like(mask)
+
     @staticmethod
     def tile_grid(config) -> tuple[int, int]:
         """``(height, width)`` in patches of one tile, e.g. 40x40 for 560 px tiles of 14 px patches."""

@@ -21,11 +21,13 @@ class BeamFollower:
 
     def __call__(self, beam_idx: torch.Tensor, *args, **kwargs):
         cache = self.cache()
-        result = getattr(type(cache), compat.REORDER)(cache, beam_idx, *args, **kwargs)
-        for ref in list(self.guards):
-            guard = ref()
-            if guard is not None:
-                guard.reorder_rows(beam_idx)
+        guards = [guard for guard in (ref() for ref in self.guards) if guard is not None]
+        index = beam_idx
+        for guard in guards:  # a guard with contrast rows reorders them with the user's rows
+            index = guard.cache_index(index)
+        result = getattr(type(cache), compat.REORDER)(cache, index, *args, **kwargs)
+        for guard in guards:
+            guard.reorder_rows(beam_idx)
         return result
 
     def __deepcopy__(self, memo: dict) -> BeamFollower:

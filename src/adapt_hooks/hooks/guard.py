@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import warnings
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ from ..methods.base import Method, Prompt
 from ..monitor import DriftMonitor
 from .cache import follow, release
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
+from .streams import Streams
 
 _names = itertools.count()
 
@@ -63,6 +64,9 @@ class Guard:
         #: per hooked slot, the methods that edit its attention, in list order
         self._editing = [[m for m, layers in self._method_layers if m.edits_attention and i in layers] for i in self.layers]
         self._active: list[list[Method]] = [[] for _ in self.layers]  # the current prompt's (none in training)
+        self._next_token: list[Method] = []  # the current prompt's methods that edit the next-token logits
+        self._streams = Streams(model, self.methods)
+        self._prompt: Prompt | None = None
         self._installed = False
         self._name: str | None = None
         self._saved_implementation: str | None = None
@@ -138,6 +142,12 @@ class Guard:
     def _install(self) -> None:
         compat.check()
         self._saved_implementation = compat.text_attention(self.model)
+        outer = ACTIVE.get(self._saved_implementation)
+        if outer is not None and (self._streams.methods or outer.guard._streams.methods):
+            raise ValueError(
+                "A guard with a contrast method (VCD, PAI(cfg_gamma=...)) cannot be nested with another guard on the "
+                "same model: leave the outer guard's block first, or put every method in one guard's methods=[...]."
+            )
         base, mask_builder = resolve_base(self._saved_implementation, self._modules[0])
         self._name = f"adapt_hooks_{next(_names)}"
         slots = {id(module): slot for slot, module in enumerate(self._modules)}
@@ -150,6 +160,7 @@ class Guard:
             self.model.register_forward_pre_hook(hook, with_kwargs=True),
             self.model.register_forward_hook(hook.after),
         ]
+        self._streams.install()
         compat.set_text_attention(self.model, self._name)
         self._begin(None)
 
@@ -165,18 +176,21 @@ class Guard:
             ACTIVE.pop(self._name, None)
             self._name = None
         self._release_cache()
+        self._streams.remove()
         self._installed = False
         self._layout_by_device = {}
         self._prompt_cache, self._awaiting, self._uncached_ids = None, None, None
 
     # -- per forward call ---------------------------------------------------------------------
-    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _on_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         """Forward pre-hook: a call without a cache or on an empty one starts a new prompt; a call
         on the cache of the prompt this guard saw start is one of its decode steps. Any other call
-        raises: a step the guard cannot place is never let through unobserved."""
+        raises: a step the guard cannot place is never let through unobserved. With contrast
+        methods, returns the call's arguments with every stream's rows added."""
         cache = compat.forward_cache(kwargs)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if cache is None or cache.get_seq_length() == 0:
+        prefill = cache is None or cache.get_seq_length() == 0
+        if prefill:
             if cache is None:
                 self._refuse_recomputed_step(input_ids)
             self._begin(input_ids, kwargs, training=module.training)
@@ -203,22 +217,54 @@ class Guard:
             self._step += 1
         if self._layout is not None and cache is not None:
             self._follow(cache)
+        if self._streams.methods and (self._streams.batch is not None or (prefill and self._next_token)):
+            return self._add_streams(args, kwargs, prefill, cache)
+        return None
 
-    def _on_output(self, output: object) -> None:
-        """Forward hook: a prefill that came without a cache continues on the one it returns. That
+    def _add_streams(self, args: tuple, kwargs: dict, prefill: bool, cache) -> tuple[tuple, dict]:
+        if len(args) > 1 or (args and "input_ids" in kwargs):
+            raise ValueError("With a contrast method, pass the forward's inputs as keywords (input_ids=..., ...).")
+        kwargs = {"input_ids": args[0], **kwargs} if args else kwargs
+        if prefill:
+            return (), self._streams.prefill(kwargs, self._prompt, cache)
+        return (), self._streams.step(kwargs, self._prompt)
+
+    @property
+    def main_rows(self) -> int | None:
+        """The user's rows in a forward call that also carries contrast rows, else ``None``."""
+        return self._streams.batch
+
+    def cache_index(self, beam_idx: torch.Tensor) -> torch.Tensor:
+        """A beam reordering of the user's rows as the cache's rows see it (every stream's too)."""
+        return self._streams.cache_index(beam_idx)
+
+    def _on_output(self, output: object) -> object:
+        """Forward hook: a prefill that came without a cache continues on the one it returns (that
         cache holds just the prefill's tokens; one holding more means the call was a decode step
-        whose cache reached the model by a way this guard does not know, which it refuses."""
-        if self._awaiting is None:
-            return
-        expected, self._awaiting = self._awaiting, None
-        cache = compat.output_cache(output)
-        if cache is not None and cache.get_seq_length() > expected:
-            raise compat.CompatibilityError(
-                "the model continued a KV cache that its forward did not receive under any keyword adapt-hooks "
-                f"reads ({', '.join(k + '=' for k in compat.CACHE_KEYWORDS)}), so the guard took a decode step for a "
-                "new prompt"
-            )
-        self._prompt_cache = None if cache is None else weakref.ref(cache)
+        whose cache reached the model by a way this guard does not know, which it refuses). The
+        methods that edit the next-token logits edit them here, and contrast rows are cut off."""
+        if self._awaiting is not None:
+            expected, self._awaiting = self._awaiting, None
+            cache = compat.output_cache(output)
+            if cache is not None and cache.get_seq_length() > expected:
+                raise compat.CompatibilityError(
+                    "the model continued a KV cache that its forward did not receive under any keyword adapt-hooks "
+                    f"reads ({', '.join(k + '=' for k in compat.CACHE_KEYWORDS)}), so the guard took a decode step for a "
+                    "new prompt"
+                )
+            self._prompt_cache = None if cache is None else weakref.ref(cache)
+        if self._next_token and self._layout is not None:
+            if not isinstance(output, Mapping) or output.get("logits") is None:
+                raise ValueError(f"{self._next_token[0]!r} edits the next-token logits: call the model with return_dict=True.")
+            logits, streams = output["logits"], {}
+            if self._streams.batch is not None:
+                logits, streams = self._streams.contrast_logits(logits)
+            for method in self._next_token:
+                logits = method.next_token(logits, streams.get(id(method)))
+            output["logits"] = logits
+            if self._streams.batch is not None:
+                self._streams.cut(output)
+        return output
 
     def _refuse_recomputed_step(self, input_ids: torch.Tensor | None) -> None:
         """A cacheless call whose ``input_ids`` are the previous cacheless prompt with images plus
@@ -286,11 +332,14 @@ class Guard:
         self.monitor.begin(self._layout, len(self.layers))
         acting = self._layout is not None and (not training or self.monitor.steer_in_training)
         self._active = [list(methods) if acting else [] for methods in self._editing]
+        self._next_token = [m for m in self.methods if m.edits_logits] if acting else []
+        self._streams.batch, self._prompt = None, None
         if self._layout is not None:
             self._check_prompt(self._layout, acting)
-            prompt = Prompt(self._layout, self.anchor, tuple(self.layers), self.n_layers)
+            image_tokens = self.adapter.image_mask(self.model.config, input_ids)
+            self._prompt = Prompt(self._layout, self.anchor, tuple(self.layers), self.n_layers, self.adapter, image_tokens)
             for method in self.methods:
-                method.start(prompt)
+                method.start(self._prompt)
 
     def _check_prompt(self, layout: ImageLayout, acting: bool) -> None:
         """Refuse, at prefill, what would otherwise fail in the middle of decoding; build the
@@ -365,12 +414,12 @@ class _PreHook:
         self.guard = guard
 
     @eager_under_compile
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.guard._on_forward(module, args, kwargs)
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        return self.guard._on_forward(module, args, kwargs)
 
     @eager_under_compile
-    def after(self, module: nn.Module, args: tuple, output: object) -> None:
-        self.guard._on_output(output)
+    def after(self, module: nn.Module, args: tuple, output: object) -> object:
+        return self.guard._on_output(output)
 
     def _refuse(self, *args) -> None:
         raise TypeError(

@@ -26,6 +26,9 @@ class StepHandler(Protocol):
     @property
     def observing(self) -> bool: ...
 
+    @property
+    def main_rows(self) -> int | None: ...
+
     def decode_step(
         self, slot: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
         scaling: float, softcap: float | None,
@@ -102,13 +105,22 @@ class Interceptor:
         if slot is None or query.shape[2] != 1 or not self.guard.observing:
             return self.base(module, query, key, value, attention_mask, **kwargs)
         scaling = kwargs.get("scaling")
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        rows = self.guard.main_rows  # contrast rows after the user's go to the model's kernel untouched
+        main = slice(None) if rows is None else slice(None, rows)
+        mask = None if attention_mask is None else attention_mask[main]
         with torch.no_grad():
-            steered = self.guard.decode_step(
-                slot, query, key, attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling, kwargs.get("softcap")
-            )
+            steered = self.guard.decode_step(slot, query[main], key[main], mask, scaling, kwargs.get("softcap"))
         if steered is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        return _attend(steered, value, query.dtype)
+        out, weights = _attend(steered, value[main], query.dtype)
+        if rows is None:
+            return out, weights
+        rest = slice(rows, None)
+        rest_mask = None if attention_mask is None else attention_mask[rest]
+        rest_out, rest_weights = self.base(module, query[rest], key[rest], value[rest], rest_mask, **kwargs)
+        weights = None if rest_weights is None else torch.cat([weights.to(rest_weights.dtype), rest_weights])
+        return torch.cat([out, rest_out]), weights
 
 
 def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,8 @@ import torch
 from .. import signals
 from ..layout import ImageLayout
 
-if TYPE_CHECKING:  # annotations only: the anchor module does not depend on the methods
+if TYPE_CHECKING:  # annotations only: neither module depends on the methods
+    from ..adapters.base import Adapter
     from ..anchor import Anchor
 
 
@@ -30,6 +31,8 @@ class Prompt:
     anchor: Anchor  # the prompt's anchor: recorded during the first k decode steps, then ready
     layers: tuple[int, ...]  # decoder-layer index of each hooked slot
     n_layers: int  # decoder layers of the model
+    adapter: Adapter  # the model family's adapter (hide_images for an image-free stream)
+    image_tokens: torch.Tensor  # [B, P] bool: the prefill's image placeholders (newline slots included)
 
     @property
     def batch_size(self) -> int:
@@ -125,7 +128,7 @@ class Method:
     Class attributes say what the method needs: ``needs_anchor`` (it acts only once the prompt's
     anchor exists), ``needs_anchor_maps`` (it reads the anchor-phase layer maps, which a preset
     anchor may lack) and ``contrast`` (a short name of the second stream it compares against, e.g.
-    ``"noised image"``). The guard calls:
+    ``"noised image"``; its rows are built by :meth:`contrast_inputs`). The guard calls:
 
     - :meth:`select_layers` once, when the guard is built: which hooked layers it edits;
     - :meth:`start` at each prompt's prefill;
@@ -139,10 +142,10 @@ class Method:
     name: ClassVar[str] = "method"
     needs_anchor: ClassVar[bool] = False
     needs_anchor_maps: ClassVar[bool] = False
-    contrast: ClassVar[str | None] = None
+    contrast: str | None = None  # a class attribute, or a property where settings decide
     #: The method edits attention (its :meth:`attend` is called) / the next-token logits.
-    edits_attention: ClassVar[bool] = False
-    edits_logits: ClassVar[bool] = False
+    edits_attention: bool = False
+    edits_logits: bool = False
 
     def settings(self) -> Mapping[str, object]:
         """The method's settings, for ``repr`` and reports."""
@@ -165,6 +168,13 @@ class Method:
         """The logits ``[B, q, V]`` of a forward call, edited; ``contrast`` holds this method's
         contrast stream's logits of the same rows (``None`` for a method without one)."""
         return logits
+
+    def contrast_inputs(self, inputs: dict[str, object], prompt: Prompt, *, prefill: bool, length: int) -> None:
+        """Turn ``inputs`` (a copy of the forward call's keyword arguments for the user's rows)
+        into those of this method's contrast rows, in place, replacing tensors rather than editing
+        them. At the prefill they include the raw image inputs (``pixel_values``, ...), also where
+        ``generate`` encoded the images already; ``length`` is the number of keys after the call."""
+        raise NotImplementedError(f"{type(self).__name__} declares contrast={self.contrast!r} but no contrast_inputs().")
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row ``b`` now continues the hypothesis of row ``index[b]`` (beam search)."""

@@ -49,6 +49,14 @@ class PAI(Method):
             raise ValueError(f"PAI(cfg_cutoff=...) is a probability ratio in [0, 1], got {cfg_cutoff!r}.")
         self.start(None)
 
+    @property
+    def contrast(self) -> str | None:  # the image-free stream of the CFG step, when it is on
+        return None if self.cfg_gamma is None else "image-free prompt"
+
+    @property
+    def edits_logits(self) -> bool:
+        return self.cfg_gamma is not None
+
     def settings(self) -> Mapping[str, object]:
         return {"alpha": self.alpha, "layers": self.layers, "cfg_gamma": self.cfg_gamma, "cfg_cutoff": self.cfg_cutoff}
 
@@ -72,10 +80,27 @@ class PAI(Method):
         if step.valid is not None:
             amplified = amplified * step.valid[:, None, None, :]
         step.set_logits(logits.scatter_add(-1, index, amplified))  # padding slots add 0
-        rows = self._rows.get(logits.device)
+        step.mark(self._image_rows(logits.device))
+
+    def contrast_inputs(self, inputs: dict[str, object], prompt: Prompt, *, prefill: bool, length: int) -> None:
+        prompt.adapter.hide_images(inputs, prompt.image_tokens, length)
+
+    def next_token(self, logits: torch.Tensor, contrast: torch.Tensor | None) -> torch.Tensor:
+        """``γ (s − u) + u`` with ``s``, ``u`` the log-probabilities with and without the image,
+        and the tokens below ``log(cfg_cutoff) + max s`` removed; rows without an image untouched."""
+        s = torch.log_softmax(logits.float(), -1)
+        u = torch.log_softmax(contrast.float(), -1)
+        guided = self.cfg_gamma * (s - u) + u
+        cutoff = s.amax(-1, keepdim=True) + (math.log(self.cfg_cutoff) if self.cfg_cutoff > 0 else -math.inf)
+        guided = guided.masked_fill(s < cutoff, float("-inf"))
+        rows = self._image_rows(logits.device)[:, :, None]
+        return torch.where(rows, guided, logits.float())
+
+    def _image_rows(self, device: torch.device) -> torch.Tensor:
+        rows = self._rows.get(device)
         if rows is None:
-            rows = self._rows[logits.device] = self.prompt.layout.has_image.to(logits.device)[:, None]
-        step.mark(rows)
+            rows = self._rows[device] = self.prompt.layout.has_image.to(device)[:, None]
+        return rows
 
     def reorder(self, index: torch.Tensor) -> None:
         self._rows = {device: rows.index_select(0, index.to(device)) for device, rows in self._rows.items()}
