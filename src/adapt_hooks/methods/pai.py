@@ -77,9 +77,9 @@ class PAI(Method):
         logits = step.logits
         image = logits.gather(-1, index)
         amplified = self.alpha * image.abs()
-        if step.valid is not None:
-            amplified = amplified * step.valid[:, None, None, :]
-        step.set_logits(logits.scatter_add(-1, index, amplified))  # padding slots add 0
+        if step.valid is not None:  # padding slots point at key 0, which may be masked (-inf): add exactly 0
+            amplified = torch.where(step.valid[:, None, None, :], amplified, 0.0)
+        step.set_logits(logits.scatter_add(-1, index, amplified))
         step.mark(self._image_rows(logits.device))
 
     def contrast_inputs(self, inputs: dict[str, object], prompt: Prompt, *, prefill: bool, length: int) -> None:

@@ -9,7 +9,8 @@ below ``β`` times the most likely one's (``l(v) < log β + max l(v)``).
 It works inside ``model.generate`` (greedy, sampling, beam search) rather than a private loop: the
 noised-image rows travel in the same forward calls as the user's (see
 :mod:`adapt_hooks.hooks.streams`), and the contrasted logits are what ``generate`` samples from.
-The noise is seeded (``seed``), so a run is reproducible; rows without an image are left alone.
+The noise is seeded (``seed``) and depends on an image's shape alone, so a run is reproducible and
+a row gets the same contrast image in any batch; rows without an image are left alone.
 """
 
 from __future__ import annotations
@@ -51,16 +52,32 @@ class VCD(Method):
         self.prompt = prompt
         self._rows: dict[torch.device, torch.Tensor] = {}  # [B, 1, 1] rows with an image, per device
 
-    def noised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The contrast image: ``sqrt(ᾱ) x + sqrt(1 − ᾱ) ε`` on the processor's (normalised) pixels,
-        ``ε`` drawn from ``seed`` (a fresh generator per prompt, so every prompt gets the same draw
-        for the same shape); all-zero padding images stay zero."""
-        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
-        noisy = noise.forward_noise(pixels, self.alpha_bar, torch.randn(pixels.shape, generator=generator))
+    def noised(self, pixels: torch.Tensor, grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        """The contrast image: ``sqrt(ᾱ) x + sqrt(1 − ᾱ) ε`` on the processor's (normalised) pixels.
+
+        ``ε`` depends only on ``seed`` and the image's shape, never on the batch: one draw of
+        ``[C, H, W]`` serves every image (or tile) of a ``[..., C, H, W]`` tensor, and for
+        flattened patches ``[patches, D]`` with ``grid_thw`` (Qwen-style) each image gets the first
+        ``t·h·w`` rows of one draw. So the beams of a prompt, and a row in or out of a batch, see
+        the same contrast image. All-zero padding images (Idefics3's) stay zero.
+        """
+        if pixels.ndim >= 4:
+            eps = self._draw(pixels.shape[-3:]).expand(pixels.shape)
+        elif grid_thw is not None and pixels.ndim == 2:
+            sizes = grid_thw.prod(-1).tolist()
+            eps = self._draw((max(sizes), pixels.shape[1]))
+            eps = torch.cat([eps[:n] for n in sizes])
+        else:
+            eps = self._draw(pixels.shape)
+        noisy = noise.forward_noise(pixels, self.alpha_bar, eps)
         if pixels.ndim >= 4:  # padding images (all zero, as Idefics3's processor pads) stay padding
             padding = (pixels == 0).flatten(-3).all(-1)
             noisy = noisy.masked_fill(padding[..., None, None, None], 0)
         return noisy
+
+    def _draw(self, shape) -> torch.Tensor:
+        generator = None if self.seed is None else torch.Generator().manual_seed(self.seed)
+        return torch.randn(tuple(shape), generator=generator)
 
     def contrast_inputs(self, inputs: dict[str, object], prompt: Prompt, *, prefill: bool, length: int) -> None:
         if not prefill:
@@ -68,7 +85,7 @@ class VCD(Method):
         pixels = inputs.get("pixel_values")
         if pixels is None:
             raise ValueError("VCD needs the prompt's pixel_values to noise; this prefill brings none.")
-        inputs["pixel_values"] = self.noised(pixels)
+        inputs["pixel_values"] = self.noised(pixels, inputs.get("image_grid_thw"))
 
     def next_token(self, logits: torch.Tensor, contrast: torch.Tensor | None) -> torch.Tensor:
         original = logits.float()

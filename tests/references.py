@@ -1,0 +1,73 @@
+"""Independent re-computations for the method tests: plain forwards of the unguarded model over a
+prompt and a given continuation (teacher forcing), with the image swapped or hidden by hand."""
+
+from __future__ import annotations
+
+import torch
+
+#: Per-token inputs of the tiny prompts, extended over a continuation.
+PER_TOKEN = ("attention_mask", "mm_token_type_ids", "token_type_ids", "cross_attention_mask")
+
+
+def forced_logits(model, inputs: dict, new: torch.Tensor, *, blind: bool = False) -> torch.Tensor:
+    """Next-token logits ``[B, T, V]`` (float32) that the plain ``model`` gives at each step of
+    continuation ``new`` ``[B, T]``, from one full forward without a cache.
+
+    ``blind`` hides every image-placeholder key from every query (zeros in the attention mask;
+    Mllama: an all-zero cross-attention mask) and keeps the positions of the unhidden prompt.
+    """
+    full = dict(inputs)
+    full["input_ids"] = ids = torch.cat([inputs["input_ids"], new], 1)
+    steps, length = new.shape[1], inputs["input_ids"].shape[1]
+    full.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+    for name in PER_TOKEN:
+        if name not in full:
+            continue
+        value = full[name]
+        if name == "attention_mask":
+            tail = torch.ones(value.shape[0], steps, dtype=value.dtype)
+        elif name == "cross_attention_mask":
+            tail = value[:, -1:].expand(-1, steps, *value.shape[2:])
+        else:
+            tail = torch.zeros(value.shape[0], steps, dtype=value.dtype)
+        full[name] = torch.cat([value, tail], 1)
+    if blind:
+        seen = {}
+        hook = model.get_decoder().register_forward_pre_hook(
+            lambda module, args, kwargs: seen.update(positions=kwargs.get("position_ids")), with_kwargs=True
+        )
+        try:
+            model(**full, use_cache=False)
+        finally:
+            hook.remove()
+        full["position_ids"] = seen["positions"]
+        if "cross_attention_mask" in full:
+            full["cross_attention_mask"] = torch.zeros_like(full["cross_attention_mask"])
+        else:
+            full["attention_mask"] = full["attention_mask"] * (ids != model.config.image_token_id)
+    with torch.no_grad():
+        return model(**full, use_cache=False).logits[:, length - 1 : length + steps - 1].float()
+
+
+def assert_logits_match(got: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    """The same removed (``-inf``) tokens, and the same values elsewhere."""
+    kept = expected.isfinite()
+    assert torch.equal(got.isfinite(), kept), "different tokens removed by the plausibility cutoff"
+    torch.testing.assert_close(got[kept], expected[kept], rtol=0, atol=atol)
+
+
+def single_row(inputs: dict, row: int) -> dict:
+    """Row ``row`` of a left-padded batch of tiny prompts on its own, padding removed (one image
+    per row; Qwen-style flattened patches are cut by ``image_grid_thw``)."""
+    kept = inputs["attention_mask"][row].bool()
+    out = {}
+    for name, value in inputs.items():
+        if name in PER_TOKEN or name == "input_ids":
+            out[name] = value[row : row + 1][:, kept]
+        elif name == "pixel_values" and "image_grid_thw" in inputs:
+            patches = inputs["image_grid_thw"].prod(-1)
+            start = int(patches[:row].sum())
+            out[name] = value[start : start + int(patches[row])]
+        else:
+            out[name] = value[row : row + 1]
+    return out
