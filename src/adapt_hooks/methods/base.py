@@ -62,7 +62,9 @@ class AttentionStep:
         self._image_total = image_total  # head-summed image attention of the unedited step
         self._logits: torch.Tensor | None = logits  # None: stale (the probabilities were edited)
         self._probs: torch.Tensor | None = probs  # None: stale (the logits were edited)
-        self._factor: torch.Tensor | None = None  # pending multiplier of the prefill keys' probabilities
+        # pending multipliers of the prefill keys' probabilities, not yet applied to each form
+        self._logits_factor: torch.Tensor | None = None
+        self._probs_factor: torch.Tensor | None = None
         self.edited = False
         self.steered: torch.Tensor | None = None  # [B, 1] bool: rows a method steered this step
         self.observation: object = None  # the monitor's own record of the step
@@ -79,18 +81,17 @@ class AttentionStep:
         only: edit through :meth:`set_logits`."""
         if self._logits is None:
             self._logits = torch.log(self.probs)
-        elif self._factor is not None:
-            self._logits, self._probs, self._factor = _add_log(self._logits, self._factor), None, None
+        elif self._logits_factor is not None:
+            self._logits, self._logits_factor = _add_log(self._logits, self._logits_factor), None
         return self._logits
 
     @property
     def probs(self) -> torch.Tensor:
         """The current attention probabilities (rows sum to 1, or to 0 where fully masked)."""
         if self._probs is None:
-            self._probs = signals.softmax(self._logits)
-        elif self._factor is not None:
-            self._probs = signals.rescale_prefill_(self._probs, self._factor)
-            self._logits, self._factor = None, None
+            self._probs, self._probs_factor = signals.softmax(self.logits), None
+        elif self._probs_factor is not None:
+            self._probs, self._probs_factor = signals.rescale_prefill_(self._probs, self._probs_factor), None
         return self._probs
 
     def image_index(self) -> torch.Tensor:
@@ -99,18 +100,21 @@ class AttentionStep:
         return self.positions[:, None, None, :].expand(*current.shape[:-1], -1)
 
     def set_logits(self, logits: torch.Tensor) -> None:
-        self._logits, self._probs, self._factor, self.edited = logits, None, None, True
+        self._logits, self._probs, self.edited = logits, None, True
+        self._logits_factor = self._probs_factor = None
 
     def set_probs(self, probs: torch.Tensor) -> None:
-        self._probs, self._logits, self._factor, self.edited = probs, None, None, True
+        self._probs, self._logits, self.edited = probs, None, True
+        self._logits_factor = self._probs_factor = None
 
     def scale_prefill(self, factor: torch.Tensor) -> None:
         """Multiply the probabilities of the first ``P`` keys by ``factor`` ``[B, 1, 1, P]`` (> 0)
-        and renormalise: ``softmax(l + log factor)`` at the cost of one product."""
-        if self._probs is None:  # the logits were edited: add log factor to them
-            self.set_logits(_add_log(self._logits, factor))
-        else:
-            self._factor = factor if self._factor is None else self._factor * factor
+        and renormalise: ``softmax(l + log factor)``, from the probabilities at the cost of one
+        product (the logits, if read later, get ``log factor`` added then)."""
+        if self._logits is not None:
+            self._logits_factor = factor if self._logits_factor is None else self._logits_factor * factor
+        if self._probs is not None:
+            self._probs_factor = factor if self._probs_factor is None else self._probs_factor * factor
         self.edited = True
 
     def mark(self, rows: torch.Tensor) -> None:
