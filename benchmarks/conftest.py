@@ -70,6 +70,16 @@ def paired():
     return measure
 
 
+@pytest.fixture
+def record_ratio():
+    """``record_ratio(group, variant, value, target=None)``: a ratio measured by the test itself."""
+
+    def record(group: str, variant: str, value: float, target: float | None = None) -> None:
+        RATIOS[(group, variant)] = (value, target)
+
+    return record
+
+
 def pytest_terminal_summary(terminalreporter):
     if not RATIOS:
         return

@@ -1,8 +1,8 @@
 """Guard overhead on a LLaVA-1.5-7B-shaped model in fp16 on a GPU: random weights built from a
 config (no download), 576 image tokens, 256 new tokens, greedy. Prints the unguarded time, the
-guarded times (observe-only, steering, steering with ``compile=True``), their ratios (target
-1.05x with steering), peak memory, and checks that the guarded decode loop never synchronises
-with the host (``torch.cuda.set_sync_debug_mode("error")``).
+guarded times (observe-only, ADAPT steering, with ``compile=True``, PAI with and without its CFG
+step, VCD), their ratios (target 1.05x with ADAPT steering and PAI), peak memory, and checks that
+the guarded decode loop never synchronises with the host (``torch.cuda.set_sync_debug_mode("error")``).
 
     python benchmarks/gpu_overhead.py                 # on a CUDA machine
     python benchmarks/gpu_overhead.py --smoke         # the same code path on a tiny CPU model
@@ -22,7 +22,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor
+from adapt_hooks import PAI, VCD, DriftMonitor
 
 IMAGE_TOKEN = 32000
 
@@ -71,24 +71,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed_generate(model, inputs, monitor, new_tokens: int, device: str) -> float:
+def timed_generate(model, inputs, guarding: dict | None, new_tokens: int, device: str) -> float:
+    """Seconds of one greedy generation, inside ``guard(model, **guarding)`` unless it is None."""
     options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     _sync(device)
     start = time.perf_counter()
     with torch.no_grad():
-        if monitor is None:
+        if guarding is None:
             model.generate(**inputs, **options)
         else:
-            with adapt_hooks.guard(model, monitor=monitor):
+            with adapt_hooks.guard(model, **guarding):
                 model.generate(**inputs, **options)
     _sync(device)
     return time.perf_counter() - start
 
 
-def decode_loop_without_sync(model, inputs, steps: int, device: str) -> str:
-    """Prefill, then ``steps`` greedy decode steps by hand, guarded, with CUDA's sync debug mode
-    set to "error" around the decode steps: any host synchronisation raises."""
-    with torch.no_grad(), adapt_hooks.guard(model, monitor=DriftMonitor(tau=1e9)) as run:
+def decode_loop_without_sync(model, inputs, steps: int, device: str, methods=None) -> str:
+    """Prefill, then ``steps`` greedy decode steps by hand, guarded (``methods``, default the
+    monitor's ADAPT steering), with CUDA's sync debug mode set to "error" around the decode steps:
+    any host synchronisation raises."""
+    with torch.no_grad(), adapt_hooks.guard(model, monitor=DriftMonitor(tau=1e9), methods=methods) as run:
         out = model(**inputs, use_cache=True)
         cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         mask = inputs["attention_mask"]
@@ -103,7 +105,8 @@ def decode_loop_without_sync(model, inputs, steps: int, device: str) -> str:
             if device == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
     steered = run.monitor.intervention_rate
-    return f"{steps} guarded decode steps without a host sync (steered {steered:.0%} of cells)"
+    names = "ADAPT" if methods is None else " + ".join(type(m).__name__ for m in methods)
+    return f"{steps} decode steps of {names} without a host sync (steered {steered:.0%} of cells)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     model, inputs = build(args.smoke, device, dtype, args.attn)
     modes = {
         "unguarded": lambda: None,
-        "observe": lambda: DriftMonitor(steer=False),
-        "steer": lambda: DriftMonitor(),
-        "steer, no history": lambda: DriftMonitor(history=False),
+        "observe": lambda: dict(monitor=DriftMonitor(steer=False)),
+        "steer": lambda: dict(monitor=DriftMonitor()),
+        "steer, no history": lambda: dict(monitor=DriftMonitor(history=False)),
+        "pai": lambda: dict(methods=[PAI()]),
+        "pai + cfg": lambda: dict(methods=[PAI(cfg_gamma=1.1)]),
+        "vcd": lambda: dict(methods=[VCD()]),
     }
     if not args.no_compile and not args.smoke:
-        modes["steer, compile=True"] = lambda: DriftMonitor(compile=True)
+        modes["steer, compile=True"] = lambda: dict(monitor=DriftMonitor(compile=True))
     for make in modes.values():  # warm-up (and compilation)
         timed_generate(model, inputs, make(), min(new_tokens, 16), device)
     times: dict[str, list[float]] = {name: [] for name in modes}
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = f"  peak {peaks[mode] / 2**30:.2f} GiB" if mode in peaks else ""
         print(f"  {mode:22s} {median:8.3f} s  {median / base:5.3f}x  {1e3 * median / new_tokens:7.2f} ms/token{peak}")
     print("  " + decode_loop_without_sync(model, inputs, min(new_tokens, 32), device))
+    print("  " + decode_loop_without_sync(model, inputs, min(new_tokens, 32), device, [PAI(cfg_gamma=1.1), VCD()]))
     return 0
 
 

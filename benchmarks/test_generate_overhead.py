@@ -1,5 +1,6 @@
-"""End-to-end greedy ``generate`` (64 new tokens) on every tiny family: unguarded, observe-only
-and steering guards on the same model and inputs, in the same run. Target with steering: 1.30x."""
+"""End-to-end greedy ``generate`` (64 new tokens) on every tiny family: unguarded, observe-only,
+ADAPT steering, PAI, VCD and ADAPT + VCD on the same model and inputs, in the same run. Target
+with ADAPT steering: 1.30x."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ import pytest
 import torch
 
 import adapt_hooks
-from adapt_hooks import DriftMonitor
+from adapt_hooks import ADAPT, PAI, VCD, DriftMonitor
 from adapt_hooks.tiny import model_types, tiny_inputs, tiny_model
 
 NEW_TOKENS = 64
 TARGET = 1.30
-MODES = {
+MODES = {  # mode -> what guard() gets
     "unguarded": None,
-    "observe": lambda: DriftMonitor(steer=False),
-    "steer": lambda: DriftMonitor(tau=0.9),
-    "steer-no-history": lambda: DriftMonitor(tau=0.9, history=False),
+    "observe": lambda: dict(monitor=DriftMonitor(steer=False)),
+    "steer": lambda: dict(monitor=DriftMonitor(tau=0.9)),
+    "steer-no-history": lambda: dict(monitor=DriftMonitor(tau=0.9, history=False)),
+    "pai": lambda: dict(methods=[PAI()]),
+    "vcd": lambda: dict(methods=[VCD()]),
+    "adapt+vcd": lambda: dict(methods=[ADAPT(tau=0.9), VCD()]),
 }
 
 
@@ -33,7 +37,7 @@ def test_generate(benchmark, paired, family, mode):
             return model.generate(**inputs, **options)
 
     def guarded():
-        with torch.no_grad(), adapt_hooks.guard(model, monitor=MODES[mode]()):
+        with torch.no_grad(), adapt_hooks.guard(model, **MODES[mode]()):
             return model.generate(**inputs, **options)
 
     benchmark.group = f"generate {family}"
