@@ -27,11 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evidence import analysis, metrics  # noqa: E402
-from evidence.evaluate import DEFAULT, OBSERVE, GuardSetting, build_suite, describe, run_suite  # noqa: E402
+from evidence.evaluate import DEFAULT, METHODS, OBSERVE, GuardSetting, build_suite, describe, run_suite  # noqa: E402
 from evidence.finetune import DPOSettings, vagdpo  # noqa: E402
 from evidence.model import WEIGHTS_DIR, load_model, load_processor, n_parameters  # noqa: E402
 
 MAIN_COLUMNS = {
+    "adv ms per description": "ms / description",
     "adv CHAIR_i": "CHAIR_i ↓", "adv CHAIR_s": "CHAIR_s ↓", "adv partner": "partner named ↓", "adv other": "other absent named", "adv recall": "recall ↑",
     "pope accuracy": "POPE acc ↑", "pope precision": "POPE prec ↑", "pope F1": "POPE F1 ↑", "pope yes_ratio": "POPE yes",
 }
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-dpo", action="store_true")
+    parser.add_argument("--no-methods", action="store_true", help="skip PAI, VCD and guard + VCD")
     parser.add_argument("--sweep-seeds", type=int, default=2, help="how many of the seeds the sweep uses")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write every per-seed number here")
@@ -109,10 +111,17 @@ def main(argv: list[str] | None = None) -> None:
         f"and {len(suites[0].control)} control scenes per seed")
 
     main_rows: dict[str, list[dict]] = {"plain model": [], "guard (paper defaults)": []}
+    methods = [] if args.no_methods else list(METHODS)
+    main_rows.update({setting.name: [] for setting in methods})
     for suite in suites:
-        main_rows["plain model"].append(run_suite(model, suite, OBSERVE))
+        plain = run_suite(model, suite, OBSERVE)  # bit-identical to the plain model, with telemetry
+        unguarded = describe(model, suite.adversarial)  # the cost baseline: no guard at all
+        plain["adv ms per description"] = 1e3 * unguarded.seconds / len(suite.adversarial)
+        main_rows["plain model"].append(plain)
         main_rows["guard (paper defaults)"].append(run_suite(model, suite, DEFAULT))
-        log(f"seed {suite.seed}: plain and guard done")
+        for setting in methods:
+            main_rows[setting.name].append(run_suite(model, suite, setting))
+        log(f"seed {suite.seed}: plain, guard and {len(methods)} method settings done")
     dpo_logs = []
     if not args.no_dpo:
         variants = [("VAG-DPO", dpo)] + ([] if args.quick else [("DPO, original image both sides (ablation)", ablation)])

@@ -8,7 +8,8 @@ those padded steps are not part of any caption).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -27,7 +28,8 @@ BATCH = 128
 
 @dataclass(frozen=True)
 class GuardSetting:
-    """One guard configuration; ``None`` fields keep the library defaults."""
+    """One guard configuration; ``None`` fields keep the library defaults. ``methods`` builds the
+    decoding methods to run instead of the monitor's ADAPT steering (fresh objects per guard)."""
 
     name: str
     tau: float = 0.6
@@ -37,16 +39,26 @@ class GuardSetting:
     steering: str = "logprior"
     normalize: str | None = "anchor"
     steer: bool = True
+    methods: Callable[[], list] | None = None
 
     def make(self, model):
         monitor = DriftMonitor(tau=self.tau, alpha=self.alpha, steer=self.steer, normalize=self.normalize, steering=self.steering)
-        return adapt_hooks.guard(model, anchor=Anchor(k=self.k), monitor=monitor, layers=self.layers)
+        methods = None if self.methods is None else self.methods()
+        return adapt_hooks.guard(model, anchor=Anchor(k=self.k), monitor=monitor, layers=self.layers, methods=methods)
 
 
 #: The paper's defaults (K 5, tau 0.6, alpha 0.5, every layer, log-prior steering): ``guard(model)``.
 DEFAULT = GuardSetting("guard (paper defaults)")
 #: Observe only: outputs bit-identical to the plain model, with telemetry.
 OBSERVE = GuardSetting("observe only", steer=False)
+#: The peers' methods with their papers' defaults, and ADAPT combined with VCD.
+METHODS = (
+    GuardSetting("PAI (α 0.2)", methods=lambda: [adapt_hooks.PAI()]),
+    GuardSetting("PAI + CFG (α 0.2, γ 1.1)", methods=lambda: [adapt_hooks.PAI(cfg_gamma=1.1)]),
+    GuardSetting("VCD (α 1, β 0.1)", methods=lambda: [adapt_hooks.VCD()]),
+    GuardSetting("VCD (α 3, β 0.1)", methods=lambda: [adapt_hooks.VCD(alpha=3.0)]),
+    GuardSetting("guard + VCD (α 1)", methods=lambda: [adapt_hooks.ADAPT(), adapt_hooks.VCD()]),
+)
 
 
 @dataclass
@@ -54,6 +66,7 @@ class Descriptions:
     """Greedy descriptions of a list of scenes and, under a guard, its masked telemetry."""
 
     ids: list[list[int]]
+    seconds: float = 0.0                  # process time of the generate calls
     steered: float | None = None          # share of monitored (step, layer) cells steered
     visual_mass: float | None = None      # mean image attention mass over monitored steps
     anchor_mass: float | None = None      # the same over the anchor-phase steps
@@ -78,8 +91,10 @@ def describe(model, scenes: Sequence[Scene], setting: GuardSetting | None = None
         chunk = scenes[start : start + batch_size]
         inputs = batches.prompts([text.DESCRIBE] * len(chunk), chunk)
         guard = setting.make(model) if setting is not None else nullcontext()
+        start = time.process_time()
         with guard as run:
             generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        out.seconds += time.process_time() - start
         rows = [text.trim(r) for r in generated[:, inputs["input_ids"].shape[1] :].tolist()]
         out.ids += rows
         if setting is None:
@@ -193,6 +208,7 @@ def run_suite(model, suite: Suite, setting: GuardSetting | None, *, questions: b
     chair = metrics.chair([text.mentions(i) for i in adv.ids], truth(suite.adversarial))
     result.update({f"adv {k}": v for k, v in chair.items()})
     result["adv partner"] = partner_rate(adv, suite.adversarial)
+    result["adv ms per description"] = 1e3 * adv.seconds / len(suite.adversarial)
     result["adv other"] = other_absent_rate(adv, suite.adversarial)
     if setting is not None:
         result["steered"] = adv.steered
