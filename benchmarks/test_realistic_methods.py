@@ -25,6 +25,7 @@ VARIANTS = {
     "observe": (lambda: [], None),
     "adapt": (lambda: [ADAPT()], None),
     "pai": (lambda: [PAI()], 1.05),
+    "pai + cfg": (lambda: [PAI(cfg_gamma=1.1)], None),
     "vcd": (lambda: [VCD()], 2.10),
     "adapt + vcd": (lambda: [ADAPT(), VCD()], None),
 }
