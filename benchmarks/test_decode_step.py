@@ -86,9 +86,11 @@ def _layer_step(mode: str, layout: ImageLayout, anchor: Anchor):
     """What the guard does for one monitored (step, layer): the monitor observes, the methods edit."""
     monitor = DriftMonitor(normalize=None, history=False, compile=mode.endswith("compiled"))
     monitor.begin(layout, 1)
-    methods = {"observe": [], "pai": [PAI(alpha=0.2, layers=[0])]}.get(mode, [ADAPT(tau=2.0)])
+    methods = {"unguarded": [], "observe": [], "pai": [PAI(alpha=0.2, layers=[0])]}.get(mode, [ADAPT(tau=2.0)])
+    image_tokens = torch.zeros(layout.positions.shape[0], layout.prefill_length, dtype=torch.bool)
+    image_tokens.scatter_(1, layout.positions, True)
     for method in methods:
-        method.start(Prompt(layout, anchor, (0,), 1))
+        method.start(Prompt(layout, anchor, (0,), 1, None, image_tokens))
     positions = layout.positions
 
     def step(q, k, scaling):

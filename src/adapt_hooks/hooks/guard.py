@@ -1,4 +1,5 @@
-"""``guard(model)``: install the ADAPT interceptor on a stock transformers VLM, restore it exactly."""
+"""``guard(model)``: install the attention interceptor and the forward hooks that run the monitor
+and the decoding methods on a stock transformers VLM, and restore the model exactly."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ _names = itertools.count()
 class Guard:
     """Context manager returned by :func:`guard`; inside the ``with`` block it is the run record.
 
-    ``run.anchor`` and ``run.monitor`` hold the last guarded prompt's anchor and drift history.
+    ``run.anchor`` and ``run.monitor`` hold the last guarded prompt's anchor and drift history;
+    ``run.methods`` are the decoding methods it runs (the monitor's ADAPT steering by default).
     Entering points the language model's attention implementation at a freshly registered
     interceptor and adds a forward pre-hook and a forward hook on the model; leaving (normally or
     by exception) undoes all of it and unregisters the name. A guard can be entered again after it
@@ -60,9 +62,7 @@ class Guard:
         self.n_layers = len(modules)
         self.layers = self._check_layers(layers, self.adapter.hookable_layers(model, modules))
         self._modules = [modules[i] for i in self.layers]
-        self.methods = self._check_methods(methods)
-        #: per hooked slot, the methods that edit its attention, in list order
-        self._editing = [[m for m, layers in self._method_layers if m.edits_attention and i in layers] for i in self.layers]
+        self.methods, self._editing = self._check_methods(methods)
         self._active: list[list[Method]] = [[] for _ in self.layers]  # the current prompt's (none in training)
         self._next_token: list[Method] = []  # the current prompt's methods that edit the next-token logits
         self._streams = Streams(model, self.methods)
@@ -94,9 +94,9 @@ class Guard:
             )
         return chosen
 
-    def _check_methods(self, methods: Sequence[Method] | None) -> list[Method]:
-        """The methods to run (the monitor's ADAPT steering by default), each with the hooked
-        layers it edits."""
+    def _check_methods(self, methods: Sequence[Method] | None) -> tuple[list[Method], list[list[Method]]]:
+        """The methods to run (the monitor's ADAPT steering by default), and per hooked slot the
+        ones that edit its attention, in list order."""
         chosen = self.monitor.default_methods() if methods is None else list(methods)
         for method in chosen:
             if not isinstance(method, Method):
@@ -106,8 +106,10 @@ class Guard:
                 )
         if len({id(m) for m in chosen}) != len(chosen):
             raise ValueError("methods= lists the same method object twice; make one object per entry.")
-        self._method_layers = []
+        editing: list[list[Method]] = [[] for _ in self.layers]
         for method in chosen:
+            if not method.edits_attention:
+                continue
             layers = sorted(set(method.select_layers(self.layers, self.n_layers)))
             outside = [i for i in layers if i not in self.layers]
             if outside:
@@ -115,8 +117,9 @@ class Guard:
                     f"{method!r} edits layers {outside}, which this guard does not hook ({_ranges(self.layers)}): "
                     "pass them in guard(layers=...) or choose the method's layers among them."
                 )
-            self._method_layers.append((method, frozenset(layers)))
-        return chosen
+            for layer in layers:
+                editing[self.layers.index(layer)].append(method)
+        return chosen, editing
 
     def __repr__(self) -> str:
         methods = ", ".join(map(repr, self.methods)) or "observe only"
