@@ -17,7 +17,7 @@ from transformers.modeling_utils import AttentionInterface
 
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor
-from adapt_hooks.hooks.interceptor import _attend
+from adapt_hooks.hooks.interceptor import attend
 from adapt_hooks.layout import Grid, ImageLayout
 from adapt_hooks.methods.adapt import ADAPT
 from adapt_hooks.methods.base import Prompt
@@ -117,7 +117,7 @@ def test_llava7b_shaped_layer_step(benchmark, paired, mode):
         probs = step(q, k, scaling)
         if probs is None:
             return sdpa_attention_forward(module, q, k, v, None, scaling=scaling)
-        return _attend(probs, v, q.dtype)
+        return attend(probs, v, q.dtype)
 
     def unguarded():
         return sdpa_attention_forward(module, q, k, v, None, scaling=scaling)

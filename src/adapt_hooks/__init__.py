@@ -16,6 +16,7 @@ from .methods.base import AttentionStep, Method, Prompt
 from .methods.pai import PAI
 from .methods.vcd import VCD
 from .monitor import DriftMonitor
+from . import stress
 from .training.dpo import VAGDPOLoss, dpo_loss
 from .training.logps import SequenceLogps, reference_logps, sequence_logps
 from .training.pairs import VAGDPOCollator, compute_anchor, make_vagdpo_pair
@@ -43,6 +44,7 @@ __all__ = [
     "make_vagdpo_pair",
     "reference_logps",
     "sequence_logps",
+    "stress",
     "estimate_debias_mask",
     "guard",
     "register_adapter",

@@ -26,18 +26,22 @@ def observe(
     positions: torch.Tensor,
     valid: torch.Tensor | None,
     terms: torch.Tensor | None,
+    perturb: Callable | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """One observed (step, layer).
 
     ``terms`` ``[B, N, 2]`` holds the anchor weights (already divided by the anchor-phase AMC when
     normalising) and ones, so that one batched product gives the score ``Σ â² w`` and
-    ``HHI = Σ â²``; ``None`` during the anchor phase (no score yet).
+    ``HHI = Σ â²``; ``None`` during the anchor phase (no score yet). ``perturb`` edits the logits
+    first: the corruption a stress test applies to this layer's kernel (see ``hooks.perturb``).
 
     Returns the logits and probabilities ``[B, H_kv, G, kv]``, the head-summed image attention
     ``[B, N]`` (``H`` times the head mean), its mass, its normalised form ``[B, N]``, the score
     (NaN without ``terms``) and the HHI (each ``[B, 1]``).
     """
     logits = signals.attention_logits(query, key, attention_mask, scaling, softcap)
+    if perturb is not None:
+        logits = perturb(logits)
     probs = signals.softmax(logits)
     attention = signals.image_attention_total(probs, positions, valid)
     mass = attention.sum(-1, keepdim=True)

@@ -3,7 +3,7 @@ gate reads, and the history of a guarded run (ADAPT-METHOD sections 0 and 2)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,12 +110,14 @@ class DriftMonitor:
         positions: torch.Tensor,
         valid: torch.Tensor | None,
         anchor: Anchor | None,
+        perturb: Callable | None = None,
     ) -> AttentionStep:
         """Observe one (step, layer) from the new query and the keys; ``anchor`` is the prompt's
-        built anchor from the first monitored step on, ``None`` during the anchor phase."""
+        built anchor from the first monitored step on, ``None`` during the anchor phase;
+        ``perturb`` is the corruption the layer's kernel applies to its logits (a stress test)."""
         state = None if anchor is None else self._slot(slot, anchor, query.device)
         logits, probs, total, mass, normalised, score, hhi = self._observe(
-            query, key, attention_mask, scaling, softcap, positions, valid, None if state is None else state.terms
+            query, key, attention_mask, scaling, softcap, positions, valid, None if state is None else state.terms, perturb
         )
         step = AttentionStep(slot, layer, logits, probs, positions, valid, total, None if state is None else score)
         step.observation = (normalised, score, mass / (probs.shape[1] * probs.shape[2]), hhi)

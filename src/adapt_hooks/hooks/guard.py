@@ -17,6 +17,7 @@ from ..anchor import Anchor
 from ..layout import ImageLayout
 from ..methods.base import Method, Prompt
 from ..monitor import DriftMonitor
+from . import perturb
 from .cache import follow, release
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
 from .streams import Streams
@@ -397,7 +398,10 @@ class Guard:
         positions, valid = self.positions_on(query.device)
         monitoring = self._step > self.anchor.recording_steps and self.anchor.ready
         anchor = self.anchor if monitoring else None
-        step = self.monitor.observe(slot, self.layers[slot], query, key, attention_mask, scaling, softcap, positions, valid, anchor)
+        perturbation = perturb.of(self._modules[slot])  # a stress test's corruption of this layer's kernel
+        step = self.monitor.observe(
+            slot, self.layers[slot], query, key, attention_mask, scaling, softcap, positions, valid, anchor, perturbation
+        )
         if not monitoring:
             self.anchor.record(slot, step.attention, last_layer=slot == len(self.layers) - 1)
         for method in self._active[slot]:

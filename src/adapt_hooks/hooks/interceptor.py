@@ -113,7 +113,7 @@ class Interceptor:
             steered = self.guard.decode_step(slot, query[main], key[main], mask, scaling, kwargs.get("softcap"))
         if steered is None:
             return self.base(module, query, key, value, attention_mask, **kwargs)
-        out, weights = _attend(steered, value[main], query.dtype)
+        out, weights = attend(steered, value[main], query.dtype)
         if rows is None:
             return out, weights
         rest = slice(rows, None)
@@ -123,7 +123,7 @@ class Interceptor:
         return torch.cat([out, rest_out]), weights
 
 
-def _attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def attend(probs: torch.Tensor, value: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Output ``[B, 1, H, D]`` and weights ``[B, H, 1, kv]`` of probabilities ``[B, H_kv, G, kv]``."""
     batch, kv_heads, groups, length = probs.shape
     probs = probs.to(dtype)
