@@ -1,7 +1,7 @@
 """Guard overhead on a LLaVA-1.5-7B-shaped model in fp16 on a GPU: random weights built from a
 config (no download), 576 image tokens, 256 new tokens, greedy. Prints the unguarded time, the
 guarded times (observe-only, ADAPT steering, with ``compile=True``, PAI with and without its CFG
-step, VCD), their ratios (target 1.05x with ADAPT steering and PAI), peak memory, and checks that
+step, VCD, ADAPT + VCD), their ratios (target 1.05x with ADAPT steering and PAI), peak memory, and checks that
 the guarded decode loop never synchronises with the host (``torch.cuda.set_sync_debug_mode("error")``).
 
     python benchmarks/gpu_overhead.py                 # on a CUDA machine
@@ -22,7 +22,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 import adapt_hooks
-from adapt_hooks import PAI, VCD, DriftMonitor
+from adapt_hooks import ADAPT, PAI, VCD, DriftMonitor, compat
 
 IMAGE_TOKEN = 32000
 
@@ -99,7 +99,7 @@ def decode_loop_without_sync(model, inputs, steps: int, device: str, methods=Non
         try:
             for _ in range(steps):
                 mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-                out = model(input_ids=token, attention_mask=mask, past_key_values=cache, use_cache=True)
+                out = model(input_ids=token, attention_mask=mask, **{compat.CACHE_KEYWORD: cache}, use_cache=True)
                 cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         finally:
             if device == "cuda":
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "pai": lambda: dict(methods=[PAI()]),
         "pai + cfg": lambda: dict(methods=[PAI(cfg_gamma=1.1)]),
         "vcd": lambda: dict(methods=[VCD()]),
+        "adapt + vcd": lambda: dict(methods=[ADAPT(), VCD()]),
     }
     if not args.no_compile and not args.smoke:
         modes["steer, compile=True"] = lambda: dict(monitor=DriftMonitor(compile=True))

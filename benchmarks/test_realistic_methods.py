@@ -18,7 +18,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 import adapt_hooks
-from adapt_hooks import ADAPT, PAI, VCD, DriftMonitor
+from adapt_hooks import ADAPT, PAI, VCD, DriftMonitor, compat
 
 IMAGE_TOKEN, STEPS, ROUNDS = 32000, 48, 3
 GROUP = "decode, LLaVA-7B-shaped 2-layer model"
@@ -61,7 +61,7 @@ def _decode_seconds(model, inputs, methods) -> float:
             cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             start = time.process_time()
             for _ in range(STEPS):
-                out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=token, **{compat.CACHE_KEYWORD: cache}, use_cache=True, logits_to_keep=1)
                 cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
             return time.process_time() - start
         finally:

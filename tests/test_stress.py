@@ -177,7 +177,7 @@ def test_the_kernel_attends_with_the_corrupted_probabilities(llava):
             out = llava(**inputs, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             mask = torch.cat([inputs["attention_mask"], torch.ones_like(token)], 1)
-            step = llava(input_ids=token, attention_mask=mask, past_key_values=out.past_key_values, output_attentions=True)
+            step = llava(input_ids=token, attention_mask=mask, output_attentions=True, **{compat.CACHE_KEYWORD: out.past_key_values})
         return step.attentions[0]  # [B, H, 1, kv]
 
     clean = first_step(nullcontext())
