@@ -3,9 +3,10 @@ debias mask (planted attention sink, save/load, layout checks)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from transformers.modeling_utils import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -125,6 +126,23 @@ def test_ve_image_and_heatmap():
         tiles.to_image(image, index=None)
     heat = anchor.heatmap(image, opacity=1.0)
     assert heat.size == image.size and heat.getpixel((2, 10)) == (255, 0, 0) and heat.getpixel((38, 10)) == (0, 0, 255)
+
+
+def test_ve_backgrounds_replace_the_white():
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = (200, 40, 0)  # left half bright, right half black
+    image = Image.fromarray(pixels)
+    anchor = Anchor.from_weights(torch.tensor([[1.0, 0.0], [1.0, 0.0]]))  # keep the left half
+    as_array = lambda picture: np.asarray(picture, dtype=np.float64)  # noqa: E731
+    mean = as_array(anchor.to_image(image, background="mean"))
+    np.testing.assert_allclose(mean[:, -6:], np.broadcast_to([100.0, 20.0, 0.0], (20, 6, 3)), atol=1)  # the mean colour
+    np.testing.assert_allclose(mean[:, :6], pixels[:, :6], atol=1)
+    blurred = np.asarray(image.filter(ImageFilter.GaussianBlur(radius=40 / 16)), dtype=np.float64)
+    blur = as_array(anchor.to_image(image, background="blur"))
+    np.testing.assert_allclose(blur[:, -6:], blurred[:, -6:], atol=1)  # m = 0: the blurred copy
+    assert blur[:, 21:26, 0].mean() > 5  # where the blur bleeds the bright half into the dark one
+    with pytest.raises(ValueError, match="background= must be one of"):
+        anchor.to_image(image, background="grey")
 
 
 # -- debias ---------------------------------------------------------------------------------

@@ -65,10 +65,32 @@ def test_adapt_builds_the_unit_of_its_steering_mode():
 @pytest.mark.parametrize("bad, message", [
     (dict(tau=-1.0), r"ADAPT\(tau=...\) must be >= 0"), (dict(alpha=float("nan")), r"ADAPT\(alpha=...\)"),
     (dict(eps=0.0), r"ADAPT\(eps=...\) must be > 0"), (dict(steering="nudge"), r"steering=...\) must be one of"),
+    (dict(gate="hhi"), r"ADAPT\(gate=...\) must be one of"),
 ])  # fmt: skip
 def test_bad_adapt_settings_are_refused_at_construction(bad, message):
     with pytest.raises(ValueError, match=message):
         ADAPT(**bad)
+
+
+@pytest.mark.parametrize("steering", ["logprior", "blend"])
+def test_the_mass_gate_steers_where_the_image_lost_mass_since_the_anchor_phase(llava, steering):
+    """gate="mass": the steered cells are those whose visual mass over the layer's anchor-phase
+    mean (both from the monitor's history) is below tau; the AMC score plays no part."""
+    inputs = tiny_inputs(llava, batch=2)
+    k = 3
+    with adapt_hooks.guard(llava, anchor=adapt_hooks.Anchor(k=k), monitor=DriftMonitor(steer=False)) as observed:
+        generate(llava, inputs, max_new_tokens=12)
+    mass = observed.monitor.history["visual_mass"]
+    tau = float((mass[k:] / mass[:k].mean(0, keepdim=True)).median())  # a threshold that gates about half
+    method = ADAPT(tau=tau, alpha=1.0, steering=steering, gate="mass")
+    assert method.needs_anchor_maps and "gate='mass'" in repr(method) and not ADAPT().needs_anchor_maps
+    with adapt_hooks.guard(llava, anchor=adapt_hooks.Anchor(k=k), monitor=DriftMonitor(steer=False), methods=[method]) as run:
+        generate(llava, inputs, max_new_tokens=12)
+    history = run.monitor.history
+    mass = history["visual_mass"]
+    expected = mass[k:] / mass[:k].mean(0, keepdim=True) < tau
+    assert torch.equal(history["steered"][k:].bool(), expected)
+    assert 0 < expected.float().mean() < 1  # some cells gated, some not: the test can tell
 
 
 def test_methods_are_checked_when_the_guard_is_built(llava):

@@ -106,6 +106,18 @@ def test_collator_builds_the_four_way_batch(setup):
     assert not torch.allclose(batch["pixel_values"][0], batch["pixel_values"][2])
 
 
+def test_collator_passes_the_background_and_noise_step_on(setup):
+    _, proc, records, _ = setup
+    batch = VAGDPOCollator(proc, seed=3, step=200, background="blur")(records)
+    ve, blind = make_vagdpo_pair(records[1]["image"], records[1]["anchor"], seed=4, step=200, background="blur")
+    encode = lambda image: proc(images=image, text="<image>", return_tensors="pt")["pixel_values"][0]  # noqa: E731
+    assert torch.allclose(batch["pixel_values"][1], encode(ve)) and torch.allclose(batch["pixel_values"][3], encode(blind))
+    white, _ = make_vagdpo_pair(records[1]["image"], records[1]["anchor"], seed=4)
+    assert not torch.allclose(batch["pixel_values"][1], encode(white))
+    with pytest.raises(ValueError, match="background="):
+        VAGDPOCollator(proc, background="black")
+
+
 def test_sequence_logps_match_a_per_token_loop(setup):
     model, _, _, batch = setup
     with torch.no_grad():

@@ -241,16 +241,17 @@ class Anchor:
         g = self.layout.grids[row][index]
         return values[row, g.offset : g.offset + g.size].reshape(g.height, g.width)
 
-    def to_image(self, image, row: int = 0, index: int | None = 0, box=None):
+    def to_image(self, image, row: int = 0, index: int | None = 0, box=None, background: str = "white"):
         """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (spec 4).
 
         ``m`` is grid ``index`` of ``row`` placed on ``box`` (default: the whole image); with
         ``index=None``, every grid of the row, each on its own box of the list ``box`` (e.g. the
-        tiles of a tiled image; where boxes overlap the larger weight wins).
+        tiles of a tiled image; where boxes overlap the larger weight wins). ``background``
+        replaces the white: ``"mean"`` (the image's mean colour) or ``"blur"`` (a blurred copy).
         """
         from .viz.visual import enhance
 
-        return enhance(image, *self._placed(row, index, box))
+        return enhance(image, *self._placed(row, index, box), background=background)
 
     def heatmap(self, image, row: int = 0, index: int | None = 0, box=None, opacity: float = 0.5):
         """``image`` with the anchor overlaid as a heat map (PIL image); grids and boxes as in :meth:`to_image`."""

@@ -5,6 +5,11 @@ Three ways, one unit each: ``"logprior"`` (default) adds ``α · log(w + ε)`` t
 pre-softmax logits of the image keys, applied as the equivalent renormalised product of the
 probabilities; ``"blend"`` and ``"redistribute"`` edit the post-softmax image probabilities.
 ``ADAPT(steering=...)`` builds the unit of a mode. Everything is gated per row on the device.
+
+The gate reads the paper's anchor-modulated score by default (``gate="amc"``); ``gate="mass"``
+reads the layer's visual mass relative to its anchor phase instead (steer where the image gets
+less than ``tau`` of the attention it got while the anchor was recorded), the attention signal
+that best separates hallucinated from correct mentions on the evidence benchmark.
 """
 
 from __future__ import annotations
@@ -19,12 +24,17 @@ from ..validation import check_number
 from .base import AttentionStep, Method, Prompt
 
 
+#: What the gate compares with ``tau``: the monitor's AMC score, or the visual mass over the anchor phase's.
+GATES = ("amc", "mass")
+
+
 class ADAPT(Method):
     """ADAPT's anchor-gated attention steering; ``ADAPT(tau, alpha, steering="blend")`` is the
     :class:`Blend` unit, and so on (every unit is an ``ADAPT``).
 
     Acts from the first decode step after the anchor phase, on every layer the guard hooks, on the
-    rows whose score (``run.monitor``'s AMC, anchor-normalised by default) is below ``tau``.
+    rows whose score is below ``tau``: ``run.monitor``'s AMC (anchor-normalised by default), or
+    with ``gate="mass"`` the step's image attention mass over the layer's anchor-phase mass.
     """
 
     name = "adapt"
@@ -32,24 +42,32 @@ class ADAPT(Method):
     needs_anchor = True
     edits_attention = True
 
-    def __new__(cls, tau: float = 0.6, alpha: float = 0.5, *, steering: str = "logprior", eps: float = 1e-6):
+    def __new__(cls, tau: float = 0.6, alpha: float = 0.5, *, steering: str = "logprior", eps: float = 1e-6, gate: str = "amc"):
         if cls is ADAPT:
             if steering not in _UNITS:
                 raise ValueError(f"ADAPT(steering=...) must be one of {steering_modes()}, got {steering!r}.")
             cls = _UNITS[steering]
         return super().__new__(cls)
 
-    def __init__(self, tau: float = 0.6, alpha: float = 0.5, *, steering: str = "logprior", eps: float = 1e-6) -> None:
+    def __init__(
+        self, tau: float = 0.6, alpha: float = 0.5, *, steering: str = "logprior", eps: float = 1e-6, gate: str = "amc"
+    ) -> None:
         self.tau = check_number("ADAPT(tau=...)", tau)
         self.alpha = check_number("ADAPT(alpha=...)", alpha)
         self.eps = check_number("ADAPT(eps=...)", eps, positive=True)
+        if gate not in GATES:
+            raise ValueError(f"ADAPT(gate=...) must be one of {GATES}, got {gate!r}.")
+        self.gate = gate
+        if gate == "mass":  # it reads each layer's anchor-phase map
+            self.needs_anchor_maps = True
         self.start(None)
 
     def settings(self) -> Mapping[str, object]:
-        return {"tau": self.tau, "alpha": self.alpha, "steering": self.mode, "eps": self.eps}
+        return {"tau": self.tau, "alpha": self.alpha, "steering": self.mode, "eps": self.eps, "gate": self.gate}
 
     def __repr__(self) -> str:
-        return f"ADAPT(tau={self.tau}, alpha={self.alpha}, steering={self.mode!r}, eps={self.eps})"
+        gate = "" if self.gate == "amc" else f", gate={self.gate!r}"
+        return f"ADAPT(tau={self.tau}, alpha={self.alpha}, steering={self.mode!r}, eps={self.eps}{gate})"
 
     def start(self, prompt: Prompt | None) -> None:
         self.prompt = prompt
@@ -58,13 +76,24 @@ class ADAPT(Method):
     def attend(self, step: AttentionStep) -> None:
         if step.score is None:  # anchor phase
             return
-        gate = step.score < self._per_device("threshold", step.score.device)
+        if self.gate == "amc":
+            score = step.score
+        else:
+            score = step.attention.sum(-1, keepdim=True) / self._anchor_mass(step.slot, step.score.device)
+        gate = score < self._per_device("threshold", step.score.device)
         step.mark(gate)
         self.steer(step, gate)
 
     def steer(self, step: AttentionStep, gate: torch.Tensor) -> None:
         """Edit ``step`` on the rows where ``gate`` ``[B, 1]`` is True."""
         raise NotImplementedError
+
+    def _anchor_mass(self, slot: int, device: torch.device) -> torch.Tensor:
+        """``[B, 1]``: hooked layer ``slot``'s mean image attention mass over the anchor phase."""
+        value = self._cache.get(("mass", slot))
+        if value is None:
+            value = self._cache[("mass", slot)] = self.prompt.anchor.layer_map(slot, device).sum(-1, keepdim=True).clamp_min(1e-12)
+        return value
 
     def _per_device(self, name: str, device: torch.device) -> torch.Tensor:
         """A per-prompt constant on ``device``, built once (a model split with ``device_map``

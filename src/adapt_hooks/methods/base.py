@@ -145,7 +145,7 @@ class Method:
 
     name: ClassVar[str] = "method"
     needs_anchor: ClassVar[bool] = False
-    needs_anchor_maps: ClassVar[bool] = False
+    needs_anchor_maps: bool = False  # a class attribute, or set per object where settings decide
     contrast: str | None = None  # a class attribute, or a property where settings decide
     #: The method edits attention (its :meth:`attend` is called) / the next-token logits.
     edits_attention: bool = False

@@ -15,15 +15,20 @@ from ..hooks.guard import guard
 from ..monitor import DriftMonitor
 from ..noise import NOISE_STEP, noise_image
 from ..prompts import chat_prompt
+from ..viz.visual import check_background
 
-def make_vagdpo_pair(image, anchor: Anchor | torch.Tensor, *, step: int = NOISE_STEP, seed: int | None = 0, row: int = 0, box=None):
+def make_vagdpo_pair(
+    image, anchor: Anchor | torch.Tensor, *, step: int = NOISE_STEP, seed: int | None = 0, row: int = 0, box=None,
+    background: str = "white",
+):
     """``(VE image, noise-injected image)`` of a PIL ``image``: the anchor (an :class:`Anchor`, or
-    one ``[H, W]`` grid of weights in [0, 1]) upsampled onto it, and diffusion noise at ``step``
-    of 1000 (seeded: the same seed gives the same noise)."""
+    one ``[H, W]`` grid of weights in [0, 1]) upsampled onto it over ``background`` (the spec's
+    ``"white"``, or ``"mean"``, ``"blur"``: see :meth:`Anchor.to_image`), and diffusion noise at
+    ``step`` of 1000 (seeded: the same seed gives the same noise)."""
     if not isinstance(anchor, Anchor):
         anchor = Anchor.from_weights(torch.as_tensor(anchor, dtype=torch.float32))
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return anchor.to_image(image, row=row, box=box), noise_image(image, step, generator)
+    return anchor.to_image(image, row=row, box=box, background=background), noise_image(image, step, generator)
 
 
 @torch.no_grad()
@@ -41,7 +46,9 @@ class VAGDPOCollator:
     """Records ``{"image", "question", "chosen", "rejected", "anchor"}`` -> a ``[chosen; rejected]``
     batch: the processor's inputs for (VE image, question + chosen answer) rows then (noise image,
     question + rejected answer) rows, right-padded, with a ``response_mask`` on the answer tokens
-    (and the end-of-sequence token). ``anchor`` is an :class:`Anchor` or an ``[H, W]`` grid.
+    (and the end-of-sequence token). ``anchor`` is an :class:`Anchor` or an ``[H, W]`` grid;
+    ``step`` is the rejected image's noise step and ``background`` the VE image's (see
+    :func:`make_vagdpo_pair`).
 
     The question goes through the processor's chat template (if it has one) with the image; the
     answer is tokenised on its own and appended, so prompt and answer never merge into one token.
@@ -49,8 +56,11 @@ class VAGDPOCollator:
     ``mm_token_type_ids``) are extended with zeros over the answer.
     """
 
-    def __init__(self, processor, *, step: int = NOISE_STEP, seed: int = 0, add_eos: bool = True) -> None:
+    def __init__(
+        self, processor, *, step: int = NOISE_STEP, seed: int = 0, add_eos: bool = True, background: str = "white"
+    ) -> None:
         self.processor = processor
+        self.background = check_background(background)
         self.step = step
         self.seed = seed
         self.add_eos = add_eos
@@ -66,7 +76,8 @@ class VAGDPOCollator:
             raise ValueError(f"VAG-DPO records need keys image, question, chosen, rejected, anchor; missing {missing}.")
         ve, blind = [], []
         for i, record in enumerate(records):
-            pair = make_vagdpo_pair(record["image"], record["anchor"], step=self.step, seed=self.seed + 7919 * self._calls + i)
+            seed = self.seed + 7919 * self._calls + i
+            pair = make_vagdpo_pair(record["image"], record["anchor"], step=self.step, seed=seed, background=self.background)
             ve.append(pair[0])
             blind.append(pair[1])
         self._calls += 1

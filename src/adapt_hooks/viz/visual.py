@@ -2,7 +2,9 @@
 
 The anchor grid is upsampled bicubically onto the image, or onto ``box`` (left, top, right,
 bottom) when the model only saw a crop of it (e.g. a centre crop); outside the box the VE image is
-white. Placement is approximate for processors that pad or tile: pass the box of the region the
+its background. The spec's background is white; ``"mean"`` (the image's mean colour) and
+``"blur"`` (a blurred copy of the image) keep the VE image closer to the images a model was
+trained on, for example on a dark canvas. Placement is approximate for processors that pad or tile: pass the box of the region the
 grid covers.
 """
 
@@ -37,11 +39,32 @@ def _to_image(pixels: torch.Tensor):
     return Image.fromarray(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
 
 
-def enhance(image, grids: list[torch.Tensor], boxes: list):
-    """``I ⊙ m + white ⊙ (1 − m)`` with ``m`` the upsampled anchor grids (PIL in, PIL out)."""
+#: What the VE image shows where the anchor is low: white (the spec), the mean colour, a blur.
+BACKGROUNDS = ("white", "mean", "blur")
+
+
+def check_background(background: str) -> str:
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background= must be one of {BACKGROUNDS}, got {background!r}.")
+    return background
+
+
+def _background(image, pixels: torch.Tensor, background: str) -> torch.Tensor:
+    if background == "white":
+        return torch.full_like(pixels, 255.0)
+    if background == "mean":
+        return pixels.mean((0, 1), keepdim=True).expand_as(pixels)
+    from PIL import ImageFilter
+
+    return _to_tensor(image.convert("RGB").filter(ImageFilter.GaussianBlur(radius=max(image.size) / 16)))
+
+
+def enhance(image, grids: list[torch.Tensor], boxes: list, background: str = "white"):
+    """``I ⊙ m + bg ⊙ (1 − m)`` with ``m`` the upsampled anchor grids and ``bg`` the
+    ``background`` (see :data:`BACKGROUNDS`; PIL in, PIL out)."""
     pixels = _to_tensor(image)
     mask = _mask(grids, image.size, boxes)[..., None]
-    return _to_image(pixels * mask + 255.0 * (1 - mask))
+    return _to_image(pixels * mask + _background(image, pixels, check_background(background)) * (1 - mask))
 
 
 def colormap(values: torch.Tensor) -> torch.Tensor:
