@@ -75,26 +75,45 @@ class Descriptions:
     maps: list[torch.Tensor] = field(default_factory=list)     # anchor-phase layer maps [L, N]
     steered_at: list[np.ndarray] = field(default_factory=list)  # per row: [steps] steered share over layers
     amc_at: list[np.ndarray] = field(default_factory=list)      # per row: [steps, layers] (normalised) AMC
+    mass_at: list[np.ndarray] = field(default_factory=list)     # per row: [steps, layers] visual mass
+    hhi_at: list[np.ndarray] = field(default_factory=list)      # per row: [steps, layers] HHI
+    change_at: list[np.ndarray] = field(default_factory=list)   # per row: [steps, layers] change rate
+    prob_at: list[np.ndarray] = field(default_factory=list)     # per row: [tokens] probability of each generated token
 
     @property
     def kinds(self) -> list[set[int]]:
         return [text.mentioned_kinds(i) for i in self.ids]
 
 
+#: Makes the context manager of a drift injection for a model (``adapt_hooks.stress.inject_drift``), or None.
+Drift = Callable[[object], object] | None
+
+
 @torch.no_grad()
-def describe(model, scenes: Sequence[Scene], setting: GuardSetting | None = None, batch_size: int = BATCH) -> Descriptions:
-    """Greedy descriptions (``"describe :"``), optionally inside ``setting``'s guard."""
+def describe(
+    model, scenes: Sequence[Scene], setting: GuardSetting | None = None, batch_size: int = BATCH, *,
+    drift: Drift = None, probabilities: bool = False,
+) -> Descriptions:  # fmt: skip
+    """Greedy descriptions (``"describe :"``), optionally inside ``setting``'s guard, under
+    ``drift`` (entered outside the guard), recording each generated token's probability when asked."""
     out = Descriptions(ids=[])
     steered_cells = monitored_cells = 0
     masses, anchor_masses = [], []
+    scored = dict(output_scores=True, return_dict_in_generate=True) if probabilities else {}
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
         inputs = batches.prompts([text.DESCRIBE] * len(chunk), chunk)
         guard = setting.make(model) if setting is not None else nullcontext()
+        injection = drift(model) if drift is not None else nullcontext()
         start = time.process_time()
-        with guard as run:
-            generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        with injection, guard as run:
+            generated = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, **scored)
         out.seconds += time.process_time() - start
+        if probabilities:
+            new = generated.sequences[:, inputs["input_ids"].shape[1] :]
+            probs = torch.stack([torch.softmax(s.float(), -1) for s in generated.scores], 1)  # [B, T, V]
+            out.prob_at += list(probs.gather(-1, new[..., None])[..., 0].numpy())
+            generated = generated.sequences
         rows = [text.trim(r) for r in generated[:, inputs["input_ids"].shape[1] :].tolist()]
         out.ids += rows
         if setting is None:
@@ -114,6 +133,9 @@ def describe(model, scenes: Sequence[Scene], setting: GuardSetting | None = None
                 monitored_cells += gate.numel()
             out.steered_at.append(history["steered"][:steps, :, b].mean(-1).numpy())
             out.amc_at.append(history["amc"][:steps, :, b].numpy())
+            out.mass_at.append(history["visual_mass"][:steps, :, b].numpy())
+            out.hhi_at.append(history["hhi"][:steps, :, b].numpy())
+            out.change_at.append(history["change_rate"][:steps, :, b].numpy())
             if run.anchor.weights is not None:
                 out.anchors.append(run.anchor.weights[b].clone())
                 out.fused.append(run.anchor.fused[b].clone())
@@ -127,16 +149,17 @@ def describe(model, scenes: Sequence[Scene], setting: GuardSetting | None = None
 
 @torch.no_grad()
 def answer_yes(
-    model, scenes: Sequence[Scene], kinds: Sequence[int], setting: GuardSetting | None = None, batch_size: int = BATCH
+    model, scenes: Sequence[Scene], kinds: Sequence[int], setting: GuardSetting | None = None, batch_size: int = BATCH,
+    *, drift: Drift = None,
 ) -> np.ndarray:
     """Whether the greedy answer to ``"is there a <kind> ?"`` about each scene starts with "yes"
-    (generated inside ``setting``'s guard when given)."""
+    (generated inside ``setting``'s guard when given, under ``drift``)."""
     answers = []
     for start in range(0, len(scenes), batch_size):
         chunk, asked = scenes[start : start + batch_size], kinds[start : start + batch_size]
         inputs = batches.prompts([text.question(k) for k in asked], chunk)
         guard = setting.make(model) if setting is not None else nullcontext()
-        with guard:
+        with drift(model) if drift is not None else nullcontext(), guard:
             generated = model.generate(**inputs, max_new_tokens=2, do_sample=False)
         answers += (generated[:, inputs["input_ids"].shape[1]] == text.YES).tolist()
     return np.array(answers, dtype=bool)
@@ -201,10 +224,12 @@ def other_absent_rate(descriptions: Descriptions, scenes: Sequence[Scene]) -> fl
     return float(np.mean(named))
 
 
-def run_suite(model, suite: Suite, setting: GuardSetting | None, *, questions: bool = True, control: bool = True) -> dict[str, float]:
-    """All metrics of one model / guard setting on one suite."""
+def run_suite(
+    model, suite: Suite, setting: GuardSetting | None, *, questions: bool = True, control: bool = True, drift: Drift = None
+) -> dict[str, float]:
+    """All metrics of one model / guard setting on one suite (under ``drift`` when given)."""
     result: dict[str, float] = {}
-    adv = describe(model, suite.adversarial, setting)
+    adv = describe(model, suite.adversarial, setting, drift=drift)
     chair = metrics.chair([text.mentions(i) for i in adv.ids], truth(suite.adversarial))
     result.update({f"adv {k}": v for k, v in chair.items()})
     result["adv partner"] = partner_rate(adv, suite.adversarial)
@@ -215,13 +240,15 @@ def run_suite(model, suite: Suite, setting: GuardSetting | None, *, questions: b
         result["visual mass"] = adv.visual_mass
         result["anchor mass"] = adv.anchor_mass
     if control:
-        ctl = describe(model, suite.control, setting)
+        ctl = describe(model, suite.control, setting, drift=drift)
         chair = metrics.chair([text.mentions(i) for i in ctl.ids], truth(suite.control))
         result.update({f"ctl {k}": v for k, v in chair.items()})
     if questions:
-        pope = metrics.pope(answer_yes(model, suite.pope_scenes, suite.pope_kinds, setting), suite.pope_labels)
+        pope = metrics.pope(answer_yes(model, suite.pope_scenes, suite.pope_kinds, setting, drift=drift), suite.pope_labels)
         result.update({f"pope {k}": v for k, v in pope.items()})
         if control:
-            ctl_q = metrics.pope(answer_yes(model, suite.control_q_scenes, suite.control_q_kinds, setting), suite.control_q_labels)
+            ctl_q = metrics.pope(
+                answer_yes(model, suite.control_q_scenes, suite.control_q_kinds, setting, drift=drift), suite.control_q_labels
+            )
             result["ctl qa accuracy"] = ctl_q["accuracy"]
     return result
