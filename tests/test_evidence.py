@@ -181,3 +181,45 @@ def test_training_script_is_reproducible(tmp_path):
     args.seed = 12
     third = train(args)["model"].state_dict()
     assert not all(torch.equal(first[name], third[name]) for name in first)
+
+
+# -- the benchmark script ----------------------------------------------------------------------------
+def test_auroc_is_the_rank_sum_statistic():
+    rng = np.random.default_rng(5)
+    positive, negative = list(rng.normal(1, 1, 40).round(1)), list(rng.normal(0, 1, 60).round(1))  # rounded: ties
+    values = np.array(positive + negative)
+    ranks = np.array([np.mean(np.flatnonzero(np.sort(values) == v)) + 1 for v in values])  # average ranks
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    assert metrics.auroc(positive, negative) == pytest.approx(u / (len(positive) * len(negative)))
+    assert metrics.auroc([1.0], [0.0]) == 1.0 and metrics.auroc([0.0], [1.0]) == 0.0
+    assert np.isnan(metrics.auroc([], [1.0]))
+
+
+def test_the_quick_benchmark_fills_every_table(tmp_path):
+    """``hallucination.py --quick`` (what the docs' figures come from, on small sets) in two
+    worker processes: every table is written, the numbers hang together."""
+    import json
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    markdown, numbers = tmp_path / "quick.md", tmp_path / "quick.json"
+    command = [sys.executable, str(root / "benchmarks" / "hallucination.py"), "--quick", "--workers", "2",
+               "--markdown", str(markdown), "--json", str(numbers)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report, result = markdown.read_text(), json.loads(numbers.read_text())
+    for heading in ("### Side by side", "### VAG-DPO variants", "### Positive control, premise",
+                    *(f"### Positive control, remedy: {kind}" for kind in ("flatten", "border", "sink", "decay")),
+                    "### Which signal sees the hallucination"):  # fmt: skip
+        assert heading in report
+    rows = result["rows"]
+    for name in ("plain model", "guard (paper defaults)", "guard, mass gate (τ 0.8)", "PAI (α 0.2)", "PAI + CFG (α 0.2, γ 1.1)",
+                 "VCD (α 1, β 0.1)", "guard + VCD (α 1)", "VAG-DPO", "VE background: mean colour",
+                 "ordinary DPO (original image both sides)", f"VAG-DPO + {result['best_inference']}"):  # fmt: skip
+        assert name in rows and 0 <= rows[name][0]["adv CHAIR_i"] <= 1, name
+    assert rows["plain model"][0]["cost"] == 1.0
+    (drifted,) = [d for d in result["drift"] if d["kind"] == "decay"]
+    assert drifted["premise"]["6.0"]["adv recall"] < rows["plain model"][0]["adv recall"]  # decay hides objects
+    assert len(drifted["remedy"]["6.0"]) == 6
+    for aurocs in result["auroc"]["0"].values():
+        assert all(0 <= aurocs[name] <= 1 for name in aurocs if not name.startswith("n ")) and aurocs["n correct"] > 0

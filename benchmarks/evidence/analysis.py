@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import text, world
+from . import metrics, text, world
 from .evaluate import Descriptions
 from .world import Scene
 
@@ -91,4 +91,48 @@ def gate_at_mentions(desc: Descriptions, scenes: Sequence[Scene], tau: float, k:
     result = {name: float(np.mean(v)) if v else float("nan") for name, v in out.items()}
     result["n hallucinated"] = len(out["amc hallucinated"])
     result["n correct"] = len(out["amc correct"])
+    return result
+
+
+#: Each signal at the step that predicts a mention, oriented so that a higher value means a
+#: higher risk that the mention is hallucinated (the direction each signal's story predicts).
+RISK_SIGNALS = (
+    "AMC (anchor-normalised), low", "visual mass, low", "visual mass ÷ anchor phase, low", "HHI, low",
+    "change rate, high", "token probability, low",
+)
+
+
+def mention_signals(desc: Descriptions, scenes: Sequence[Scene], k: int) -> list[tuple[bool, dict[str, float]]]:
+    """``(hallucinated, risks)`` of every kind mention after the anchor phase: the monitored
+    signals (mean over layers) at the decode step that predicts the mention's colour word (every
+    kind has its own colour, so that word decides the kind), and the model's probability of it."""
+    out = []
+    for b, scene in enumerate(scenes):
+        if b >= len(desc.amc_at):
+            break
+        amc, mass, hhi, change = desc.amc_at[b], desc.mass_at[b], desc.hhi_at[b], desc.change_at[b]
+        anchor_mass = mass[:k].mean(0)
+        for j, kind in mention_steps(desc.ids[b]):
+            step = j - 1  # history row i predicts generated token i + 1
+            if step < k or step >= amc.shape[0]:
+                continue
+            risks = dict(zip(RISK_SIGNALS, (
+                -float(np.nanmean(amc[step])), -float(mass[step].mean()),
+                -float(np.mean(mass[step] / np.maximum(anchor_mass, 1e-12))), -float(hhi[step].mean()),
+                float(change[step].mean()), -float(desc.prob_at[b][j]),
+            )))  # fmt: skip
+            out.append((kind not in scene.objects, risks))
+    return out
+
+
+def signal_auroc(mentions: list[tuple[bool, dict[str, float]]]) -> dict[str, float]:
+    """AUROC of each risk signal for telling hallucinated from correct mentions (0.5: no better
+    than chance; below 0.5: the signal points the other way), and the counts."""
+    result = {}
+    for name in RISK_SIGNALS:
+        positive = [r[name] for bad, r in mentions if bad]
+        negative = [r[name] for bad, r in mentions if not bad]
+        result[name] = metrics.auroc(positive, negative)
+    result["n hallucinated"] = sum(bad for bad, _ in mentions)
+    result["n correct"] = sum(not bad for bad, _ in mentions)
     return result

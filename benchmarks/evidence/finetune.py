@@ -10,7 +10,8 @@ random absent kind — inserted) and two yes/no pairs (that absent kind: chosen 
 noise-injected image (:class:`adapt_hooks.VAGDPOCollator`).
 
 ``images="plain"`` is the ablation: the same pairs with the original image on both sides
-(anchor of ones, noise step 0), i.e. ordinary DPO.
+(anchor of ones, noise step 0), i.e. ordinary DPO. ``background`` and ``noise_step`` are the
+VAG-DPO variants: what the VE image shows outside the anchor and how noisy the rejected image is.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class DPOSettings:
     n_per_kind: int = 40
     n_replay: int = 160  # training-distribution scenes added to the pairs (rejected: an absent kind inserted)
     images: str = "vag"  # "vag": VE / noise images; "plain": the original image on both sides
+    background: str = "white"  # the VE image outside the anchor: "white" (the spec), "mean", "blur"
+    noise_step: int = 500  # diffusion step of the rejected image
+
+    @property
+    def records_key(self) -> tuple:
+        """What the preference records depend on (variants differing only in images share them)."""
+        return (self.n_per_kind, self.n_replay, self.images)
 
 
 def preference_records(model, processor, seed: int, settings: DPOSettings) -> list[dict]:
@@ -70,15 +78,18 @@ def preference_records(model, processor, seed: int, settings: DPOSettings) -> li
     return records
 
 
-def vagdpo(model, processor, seed: int, settings: DPOSettings = DPOSettings(), log=print):
-    """A fine-tuned copy of ``model`` (``model`` itself is left untouched) and a log dict."""
+def vagdpo(model, processor, seed: int, settings: DPOSettings = DPOSettings(), log=print, records: list[dict] | None = None):
+    """A fine-tuned copy of ``model`` (``model`` itself is left untouched) and a log dict;
+    ``records`` reuses preference records built for the same seed and ``records_key``."""
     torch.manual_seed(seed)
     start = time.time()
-    records = preference_records(model.eval(), processor, seed, settings)
+    if records is None:
+        records = preference_records(model.eval(), processor, seed, settings)
     prepared = time.time() - start
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     policy = copy.deepcopy(model).train()
-    collate = VAGDPOCollator(processor, seed=seed, step=500 if settings.images == "vag" else 0)
+    vag = settings.images == "vag"
+    collate = VAGDPOCollator(processor, seed=seed, step=settings.noise_step if vag else 0, background=settings.background)
     loss_fn = VAGDPOLoss(beta=settings.beta, sft_weight=settings.sft_weight)
     optimiser = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
     rng = np.random.default_rng(30_000 + seed)

@@ -64,3 +64,13 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 def format_mean_std(values: Iterable[float], digits: int = 3) -> str:
     mean, std = mean_std(values)
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the ROC curve of a score that should be higher on ``positive`` cases: the
+    probability that a random positive scores above a random negative, ties counting half
+    (the Mann–Whitney statistic). NaN when either side is empty."""
+    if not positive or not negative:
+        return float("nan")
+    above = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return above / (len(positive) * len(negative))
