@@ -56,6 +56,10 @@ PREMISE_COLUMNS = {
     "adv CHAIR_i": "CHAIR_i ↓", "adv CHAIR_s": "CHAIR_s ↓", "adv partner": "partner named ↓", "adv recall": "recall ↑",
     "adv other": "other absent named", "pope accuracy": "adv. POPE acc ↑",
 }
+GATE_COLUMNS = {
+    "amc": "AMC (anchor-normalised), steps > K", "visual mass": "image mass, steps > K", "anchor mass": "image mass, steps ≤ K",
+    "guard steered": "gate open (paper guard)",
+}
 SWEEP_COLUMNS = {
     "adv CHAIR_i": "CHAIR_i ↓", "adv CHAIR_s": "CHAIR_s ↓", "adv partner": "partner ↓", "adv recall": "recall ↑",
     "ctl CHAIR_i": "ctl CHAIR_i ↓", "ctl recall": "ctl recall ↑", "steered": "steered", "visual mass": "image mass",
@@ -136,6 +140,15 @@ def auroc_table(mains: list[dict]) -> str:
                 cells.append(metrics.format_mean_std(values, 2) if values else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _guard_runs(rows: dict[str, list[dict]], drift: list[dict], plan: Plan) -> list[list[dict]]:
+    """The paper guard's per-seed results in the order of the premise table's rows."""
+    runs = [rows["guard (paper defaults)"]]
+    for kind in plan.kinds:
+        for strength in plan.strengths:
+            runs.append([j["remedy"][strength]["guard (paper defaults)"] for j in drift if j["kind"] == kind])
+    return runs
 
 
 def best_inference(rows: dict[str, list[dict]]) -> str:
@@ -234,6 +247,10 @@ def main(argv: list[str] | None = None) -> None:
             for strength in plan.strengths:
                 premise[f"{kind} {strength:g}"] = [j["premise"][strength] for j in drift if j["kind"] == kind]
         out += ["", "### Positive control, premise: the plain model under injected drift", "", table(premise, PREMISE_COLUMNS, first="drift")]
+        gate = {name: [dict(r, **{"guard steered": g["steered"]}) for r, g in zip(results, guarded)]
+                for (name, results), guarded in zip(premise.items(), _guard_runs(rows, drift, plan))}
+        out += ["", "### What the monitor sees under the drift (observe-only telemetry after the anchor phase; the paper guard's gate)", "",
+                table(gate, GATE_COLUMNS, first="drift")]
         for kind in plan.kinds:
             scores = ", ".join(f"{n} {v:.3f}" for n, v in tuned[kind]["scores"].items())
             out += ["", f"### Positive control, remedy: {kind}", "",

@@ -70,6 +70,7 @@ class Descriptions:
     steered: float | None = None          # share of monitored (step, layer) cells steered
     visual_mass: float | None = None      # mean image attention mass over monitored steps
     anchor_mass: float | None = None      # the same over the anchor-phase steps
+    amc: float | None = None              # mean (anchor-normalised) AMC over monitored steps
     anchors: list[torch.Tensor] = field(default_factory=list)  # refined anchor weights per row
     fused: list[torch.Tensor] = field(default_factory=list)    # fused map before refinement
     maps: list[torch.Tensor] = field(default_factory=list)     # anchor-phase layer maps [L, N]
@@ -98,7 +99,7 @@ def describe(
     ``drift`` (entered outside the guard), recording each generated token's probability when asked."""
     out = Descriptions(ids=[])
     steered_cells = monitored_cells = 0
-    masses, anchor_masses = [], []
+    masses, anchor_masses, scores = [], [], []
     scored = dict(output_scores=True, return_dict_in_generate=True) if probabilities else {}
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
@@ -128,6 +129,7 @@ def describe(
             anchor_masses.append(float(mass[:k].mean()))
             if steps > k:
                 masses.append(float(mass[k:].mean()))
+                scores.append(float(history["amc"][k:steps, :, b].nanmean()))
                 gate = history["steered"][k:steps, :, b]
                 steered_cells += float(gate.sum())
                 monitored_cells += gate.numel()
@@ -144,6 +146,7 @@ def describe(
         out.steered = steered_cells / monitored_cells if monitored_cells else 0.0
         out.visual_mass = float(np.mean(masses)) if masses else float("nan")
         out.anchor_mass = float(np.mean(anchor_masses)) if anchor_masses else float("nan")
+        out.amc = float(np.nanmean(scores)) if scores else float("nan")
     return out
 
 
@@ -239,6 +242,7 @@ def run_suite(
         result["steered"] = adv.steered
         result["visual mass"] = adv.visual_mass
         result["anchor mass"] = adv.anchor_mass
+        result["amc"] = adv.amc
     if control:
         ctl = describe(model, suite.control, setting, drift=drift)
         chair = metrics.chair([text.mentions(i) for i in ctl.ids], truth(suite.control))

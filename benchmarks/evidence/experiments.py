@@ -151,7 +151,7 @@ def job_drift(plan: Plan, seed: int, kind: str, best: str) -> dict:
     remedies = [*REMEDIES, replace(SETTINGS[best], name=f"best guard setting ({best})")]
     for strength in plan.strengths:
         drift = plan.drift(kind, strength)
-        premise[strength] = run_suite(model, suite, None, control=False, drift=drift)
+        premise[strength] = run_suite(model, suite, OBSERVE, control=False, drift=drift)  # outputs as unguarded, with telemetry
         remedy[strength] = {s.name: run_suite(model, suite, s, questions=False, control=False, drift=drift) for s in remedies}
     return dict(seed=seed, kind=kind, premise=premise, remedy=remedy)
 
