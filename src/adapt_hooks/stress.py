@@ -22,7 +22,6 @@ answer it.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 
 import torch
@@ -31,13 +30,13 @@ from torch import nn
 from . import compat, signals
 from .adapters import get_adapter
 from .hooks import perturb
+from .hooks.install import AttentionSwap, Installed
 from .hooks.interceptor import ACTIVE, attend, resolve_base
 from .layout import ImageLayout
 from .validation import check_count, check_number
 
 KINDS = ("flatten", "border", "sink", "decay")
 _VISIBLE = -1e30  # logits at or below this are masked keys (a hidden image, padding)
-_names = itertools.count()
 
 
 def corrupt(logits: torch.Tensor, image: torch.Tensor, target: torch.Tensor | None, kind: str, gain: float) -> torch.Tensor:
@@ -103,7 +102,7 @@ def image_keys(layout: ImageLayout) -> torch.Tensor:
     return marked
 
 
-class DriftInjection:
+class DriftInjection(Installed):
     """Context manager returned by :func:`inject_drift`; see the module docstring for the kinds.
 
     Entering installs a forward pre-hook (that counts decode steps and finds each prompt's image
@@ -140,10 +139,8 @@ class DriftInjection:
         self.layers = chosen
         self._modules = [modules[i] for i in chosen]
         self._where = float(torch.rand((), generator=torch.Generator().manual_seed(self.seed)))  # the sink's place
-        self._installed = False
         self._hooks: list = []
-        self._name: str | None = None
-        self._saved_implementation: str | None = None
+        self._swap: AttentionSwap | None = None  # this injection's own registration, when no guard is active
         self._swapped = None  # the guard interceptor whose base this injection replaced
         self._base = None
         self._begin(None)
@@ -162,34 +159,20 @@ class DriftInjection:
         return self.strength * min(1.0, (self._step - self.start_step + 1) / self.ramp)
 
     # -- install / restore --------------------------------------------------------------------
-    def __enter__(self) -> DriftInjection:
-        if self._installed:
-            raise RuntimeError("This drift injection is already active; leave its `with` block first.")
-        self._installed = True
-        try:
-            self._install()
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
+    _what = "drift injection"
 
     def _install(self) -> None:
         compat.check()
         for module in self._modules:
             perturb.register(module, self._perturbation)
-        self._saved_implementation = compat.text_attention(self.model)
-        guard = ACTIVE.get(self._saved_implementation)
+        current = compat.text_attention(self.model)
+        guard = ACTIVE.get(current)
         if guard is not None:  # under the guard's interceptor: it observes, then calls this
             self._swapped, self._base = guard, guard.base
             guard.base = self
         else:
-            self._base, mask_builder = resolve_base(self._saved_implementation, self._modules[0])
-            self._name = f"adapt_hooks_drift_{next(_names)}"
-            compat.register(self._name, self, mask_builder)
-            compat.set_text_attention(self.model, self._name)
+            self._base, mask_builder = resolve_base(current, self._modules[0])
+            self._swap = AttentionSwap(self.model, "adapt_hooks_drift", self, mask_builder)
         # first among the model's pre-hooks: it sees the user's rows before a guard adds streams
         self._hooks = [self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True, prepend=True)]
 
@@ -202,12 +185,9 @@ class DriftInjection:
                 perturb.unregister(module)
         if self._swapped is not None:
             self._swapped.base, self._swapped = self._base, None
-        if self._name is not None:
-            if compat.text_attention(self.model) == self._name:
-                compat.set_text_attention(self.model, self._saved_implementation)
-            compat.unregister(self._name)
-            self._name = None
-        self._installed = False
+        if self._swap is not None:
+            self._swap.remove()
+            self._swap = None
         self._begin(None)
 
     # -- per prompt / step ----------------------------------------------------------------------

@@ -3,7 +3,6 @@ and the decoding methods on a stock transformers VLM, and restore the model exac
 
 from __future__ import annotations
 
-import itertools
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,13 +18,11 @@ from ..methods.base import Method, Prompt
 from ..monitor import DriftMonitor
 from . import perturb
 from .cache import follow, release
+from .install import AttentionSwap, Installed
 from .interceptor import ACTIVE, Interceptor, eager_under_compile, resolve_base
 from .streams import Streams
 
-_names = itertools.count()
-
-
-class Guard:
+class Guard(Installed):
     """Context manager returned by :func:`guard`; inside the ``with`` block it is the run record.
 
     ``run.anchor`` and ``run.monitor`` hold the last guarded prompt's anchor and drift history;
@@ -68,9 +65,7 @@ class Guard:
         self._next_token: list[Method] = []  # the current prompt's methods that edit the next-token logits
         self._streams = Streams(model, self.methods)
         self._prompt: Prompt | None = None
-        self._installed = False
-        self._name: str | None = None
-        self._saved_implementation: str | None = None
+        self._swap: AttentionSwap | None = None  # the interceptor's registration, while installed
         self._hooks: list = []
         self._layout: ImageLayout | None = None
         self._layout_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -130,42 +125,33 @@ class Guard:
         )
 
     # -- install / restore --------------------------------------------------------------------
-    def __enter__(self) -> Guard:
-        if self._installed:
-            raise RuntimeError("This guard is already active; leave its `with` block before entering it again.")
-        try:
-            self._install()
-        except BaseException:
-            self._restore()
-            raise
-        return self
+    _what = "guard"
 
-    def __exit__(self, *exc_info) -> None:
-        self._restore()
+    @property
+    def _name(self) -> str | None:
+        """The name the interceptor is registered under while the guard is active."""
+        return None if self._swap is None else self._swap.name
 
     def _install(self) -> None:
         compat.check()
-        self._saved_implementation = compat.text_attention(self.model)
-        outer = ACTIVE.get(self._saved_implementation)
+        saved = compat.text_attention(self.model)
+        outer = ACTIVE.get(saved)
         if outer is not None and (self._streams.methods or outer.guard._streams.methods):
             raise ValueError(
                 "A guard with a contrast method (VCD, PAI(cfg_gamma=...)) cannot be nested with another guard on the "
                 "same model: leave the outer guard's block first, or put every method in one guard's methods=[...]."
             )
-        base, mask_builder = resolve_base(self._saved_implementation, self._modules[0])
-        self._name = f"adapt_hooks_{next(_names)}"
+        base, mask_builder = resolve_base(saved, self._modules[0])
         slots = {id(module): slot for slot, module in enumerate(self._modules)}
         interceptor = Interceptor(self, base, mask_builder, slots)
-        compat.register(self._name, interceptor, mask_builder)
-        ACTIVE[self._name] = interceptor
-        self._installed = True
+        self._swap = AttentionSwap(self.model, "adapt_hooks", interceptor, mask_builder)
+        ACTIVE[self._swap.name] = interceptor
         hook = _PreHook(self)
         self._hooks = [
             self.model.register_forward_pre_hook(hook, with_kwargs=True),
             self.model.register_forward_hook(hook.after),
         ]
         self._streams.install()
-        compat.set_text_attention(self.model, self._name)
         self._begin(None)
 
     def _restore(self) -> None:
@@ -173,15 +159,12 @@ class Guard:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
-        if self._name is not None:
-            if compat.text_attention(self.model) == self._name:
-                compat.set_text_attention(self.model, self._saved_implementation)
-            compat.unregister(self._name)
-            ACTIVE.pop(self._name, None)
-            self._name = None
+        if self._swap is not None:
+            ACTIVE.pop(self._swap.name, None)
+            self._swap.remove()
+            self._swap = None
         self._release_cache()
         self._streams.remove()
-        self._installed = False
         self._layout_by_device = {}
         self._prompt_cache, self._awaiting, self._uncached_ids = None, None, None
 
