@@ -206,7 +206,8 @@ def test_decode_step_hooks_never_sync_with_the_host(family, monkeypatch):
         return check
 
     methods = [ADAPT(tau=0.9), PAI(alpha=0.5, cfg_gamma=1.1), VCD()]
-    with adapt_hooks.guard(model, methods=methods) as run:
+    monitor = DriftMonitor(risk=adapt_hooks.RiskModel(torch.ones(len(adapt_hooks.risk.FEATURES)), -1.0))  # the risk too
+    with adapt_hooks.guard(model, monitor=monitor, methods=methods) as run:
         interceptor = AttentionInterface._global_mapping[run._name]
         on_forward, on_output = run._on_forward, run._on_output
 
@@ -237,6 +238,7 @@ def test_decode_step_hooks_never_sync_with_the_host(family, monkeypatch):
         out = generate(model, inputs, max_new_tokens=8)
         monkeypatch.undo()
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8 and run.decode_steps == 7
+    assert run.monitor.risk.shape == (7, 2)
 
 
 def test_contrast_rows_keep_the_state_bounded(llava):

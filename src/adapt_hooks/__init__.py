@@ -16,6 +16,8 @@ from .methods.base import AttentionStep, Method, Prompt
 from .methods.pai import PAI
 from .methods.vcd import VCD
 from .monitor import DriftMonitor
+from .risk import RiskModel, RiskStopping
+from .risk_fitting import fit_risk
 from . import stress
 from .training.dpo import VAGDPOLoss, dpo_loss
 from .training.logps import SequenceLogps, reference_logps, sequence_logps
@@ -35,6 +37,8 @@ __all__ = [
     "Method",
     "PAI",
     "Prompt",
+    "RiskModel",
+    "RiskStopping",
     "SequenceLogps",
     "VCD",
     "VAGDPOCollator",
@@ -46,6 +50,7 @@ __all__ = [
     "sequence_logps",
     "stress",
     "estimate_debias_mask",
+    "fit_risk",
     "guard",
     "register_adapter",
     "supported_models",

@@ -13,6 +13,7 @@ from .anchor import Anchor
 from .layout import ImageLayout
 from .methods.adapt import ADAPT, steering_modes
 from .methods.base import AttentionStep, Method
+from .risk import FEATURES, RiskModel
 from .validation import check_number
 
 SIGNALS = ("amc", "visual_mass", "hhi", "change_rate", "steered")
@@ -25,6 +26,7 @@ class _SlotState:
 
     terms: torch.Tensor  # [B, N, 2]: anchor weights (over the anchor-phase AMC) and ones
     steered: torch.Tensor  # [B, 1] int32: monitored steps steered so far
+    anchor_mass: torch.Tensor | None = None  # [B, 1]: the layer's anchor-phase image mass (risk features)
 
 
 class DriftMonitor:
@@ -43,6 +45,9 @@ class DriftMonitor:
     While the model is in training mode the guard only observes, so that a guard left around a
     training loop never changes what is learnt; ``steer_in_training=True`` lets the methods act
     there too. The mode is read at each prompt's prefill.
+
+    With a ``risk`` model (:class:`adapt_hooks.RiskModel`), every decode step also gets a
+    hallucination risk per row, on the device (:attr:`risk`, :attr:`latest_risk`).
     """
 
     def __init__(
@@ -57,6 +62,7 @@ class DriftMonitor:
         steering: str = "logprior",
         compile: bool = False,
         steer_in_training: bool = False,
+        risk: RiskModel | None = None,
     ) -> None:
         self.tau = check_number("DriftMonitor(tau=...)", tau)
         self.alpha = check_number("DriftMonitor(alpha=...)", alpha)
@@ -72,6 +78,9 @@ class DriftMonitor:
         self.steering = steering
         self.compile = bool(compile)
         self._observe = decode.compiled_observe() if self.compile else decode.observe
+        if risk is not None and not isinstance(risk, RiskModel):
+            raise TypeError(f"DriftMonitor(risk=...) must be an adapt_hooks.RiskModel, got {type(risk).__name__}.")
+        self.risk_model = risk
         self.begin(None, 0)
 
     def __repr__(self) -> str:
@@ -97,6 +106,9 @@ class DriftMonitor:
         self._anchor_amc: dict[int, torch.Tensor] = {}
         self._monitored_calls = 0
         self._rows: list[tuple[torch.Tensor, ...]] = []  # per (step, layer): [B, 1] score, mass, HHI, 2 TV, steered
+        self._pending: torch.Tensor | None = None  # [B, 5]: this step's attention features summed over layers
+        self._features: list[torch.Tensor] = []  # per step: [B, F] risk features
+        self._risks: list[torch.Tensor] = []  # per step: [B] risk
 
     def observe(
         self,
@@ -131,9 +143,33 @@ class DriftMonitor:
         if state is not None and step.score is not None:
             state.steered.add_(steered)
             self._monitored_calls += 1
-        if self.keep_history:
-            self._rows.append(decode.history_row(normalised, self._previous.get(step.slot), score, mass, hhi, steered))
+        if self.keep_history or self.risk_model is not None:
+            row = decode.history_row(normalised, self._previous.get(step.slot), score, mass, hhi, steered)
             self._previous[step.slot] = normalised
+            if self.keep_history:
+                self._rows.append(row)
+            if self.risk_model is not None:
+                self._add_features(state, step.score, mass, hhi, row[3])
+
+    def _add_features(self, state: _SlotState | None, score: torch.Tensor | None, mass: torch.Tensor, hhi: torch.Tensor,
+                      change: torch.Tensor) -> None:  # fmt: skip
+        """Add one layer's risk features to the step's sum; during the anchor phase the mass ratio
+        and the AMC take their reference value 1."""
+        ones = torch.ones_like(mass)
+        ratio = ones if state is None or state.anchor_mass is None else mass / state.anchor_mass
+        row = torch.cat([mass, ratio, ones if score is None else score, hhi, 0.5 * change], -1)
+        self._pending = row if self._pending is None else self._pending + row
+
+    def end_step(self, logits: torch.Tensor) -> None:
+        """Close one decode step with its next-token ``logits`` ``[B, V]``: pool the layers'
+        features, add the model's confidence (top probability) and compute the risk (on the device)."""
+        if self.risk_model is None or self._pending is None:
+            return
+        confidence = torch.softmax(logits.float(), -1).amax(-1, keepdim=True)
+        features = torch.cat([self._pending / max(self.n_layers, 1), confidence], -1)
+        self._pending = None
+        self._features.append(features)
+        self._risks.append(self.risk_model(features))
 
     def _slot(self, slot: int, anchor: Anchor, device: torch.device) -> _SlotState:
         """The per-prompt constants and counters of one hooked layer, built at its first monitored step."""
@@ -146,6 +182,8 @@ class DriftMonitor:
                 terms=torch.stack((weights, torch.ones_like(weights)), dim=-1),
                 steered=torch.zeros(weights.shape[0], 1, dtype=torch.int32, device=device),
             )
+            if self.risk_model is not None and anchor.maps is not None:
+                state.anchor_mass = anchor.layer_map(slot, device).sum(-1, keepdim=True).clamp_min(1e-12)
         return state
 
     def anchor_score(self, slot: int, anchor: Anchor, weights: torch.Tensor) -> torch.Tensor:
@@ -167,6 +205,8 @@ class DriftMonitor:
 
         for state in self._slots.values():
             state.terms = gather(state.terms)
+            if state.anchor_mass is not None:
+                state.anchor_mass = gather(state.anchor_mass)
         self._previous = {slot: gather(t) for slot, t in self._previous.items()}
         self._anchor_amc = {slot: gather(t) for slot, t in self._anchor_amc.items()}
 
@@ -192,6 +232,22 @@ class DriftMonitor:
         return {name: column.view(steps, self.n_layers, -1) for name, column in zip(SIGNALS, columns)}
 
     @property
+    def risk(self) -> torch.Tensor | None:
+        """Hallucination risk ``[steps, batch]`` in [0, 1] on the CPU, row ``s`` for the token that
+        decode step ``s + 1`` generates (aligned with :attr:`history`); ``None`` without a risk model."""
+        return None if self.risk_model is None else _risk_rows(self._risks, 0)
+
+    @property
+    def latest_risk(self) -> torch.Tensor | None:
+        """The last decode step's risk ``[batch]``, on the device (no host sync), or ``None``."""
+        return self._risks[-1] if self._risks else None
+
+    @property
+    def risk_features(self) -> torch.Tensor | None:
+        """The features the risk read, ``[steps, batch, F]`` on the CPU (``adapt_hooks.risk.FEATURES``)."""
+        return None if self.risk_model is None else _risk_rows(self._features, len(FEATURES))
+
+    @property
     def intervention_rate(self) -> float:
         """Fraction of monitored (step, layer, row-with-image) cells that were steered."""
         if not self._monitored_calls or self.layout is None:
@@ -199,6 +255,12 @@ class DriftMonitor:
         steered = sum(int(s.steered.sum()) for s in self._slots.values())
         rows = int(self._has_image.sum())
         return steered / (self._monitored_calls * max(rows, 1))
+
+
+def _risk_rows(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    if not rows:
+        return torch.zeros(0, 0, width) if width else torch.zeros(0, 0)
+    return _stack_on_cpu(rows).float()
 
 
 def _stack_on_cpu(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -56,6 +56,8 @@ class Guard(Installed):
             raise TypeError(f"anchor= must be an adapt_hooks.Anchor, got {type(self.anchor).__name__}.")
         if not isinstance(self.monitor, DriftMonitor):
             raise TypeError(f"monitor= must be an adapt_hooks.DriftMonitor, got {type(self.monitor).__name__}.")
+        if self.monitor.risk_model is not None:
+            self.monitor.risk_model.check(model)
         modules = self.adapter.attention_modules(model)
         self.n_layers = len(modules)
         self.layers = self._check_layers(layers, self.adapter.hookable_layers(model, modules))
@@ -251,6 +253,8 @@ class Guard(Installed):
             output["logits"] = logits
             if self._streams.batch is not None:
                 self._streams.cut(output)
+        if self._layout is not None and self._step > 0 and self.monitor.risk_model is not None:
+            self.monitor.end_step(output["logits"][:, -1])
         return output
 
     def _refuse_recomputed_step(self, input_ids: torch.Tensor | None) -> None:

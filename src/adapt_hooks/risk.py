@@ -1,0 +1,139 @@
+"""A per-token hallucination risk from attention dynamics and the model's own confidence.
+
+At every decode step a guard whose monitor holds a :class:`RiskModel` pools the step's drift
+signals over the hooked layers — the visual mass, the mass relative to the layer's anchor phase,
+the (anchor-normalised) AMC, the HHI and the change rate — with the model's confidence in its
+next token (the top softmax probability), and a logistic model turns them into a risk in [0, 1],
+on the device. :func:`adapt_hooks.fit_risk` fits one for any supported model from captions whose
+hallucinated tokens are known; it is saved as safetensors with the architecture it was fitted
+for, and refused for another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import StoppingCriteria
+
+from . import persistence
+
+KIND = "risk-model"
+#: The features a risk model reads, in order (each pooled over the hooked layers).
+FEATURES = ("visual_mass", "mass_ratio", "amc", "hhi", "change_rate", "confidence")
+
+
+@dataclass
+class RiskModel:
+    """``risk = sigmoid(w · (x − mean) / std + b)`` over :data:`FEATURES`; ``model_type`` and
+    ``n_layers`` name the architecture it was fitted for (``None``: any)."""
+
+    weights: torch.Tensor
+    bias: float = 0.0
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    model_type: str | None = None
+    n_layers: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.weights = persistence.check_tensor("weights", torch.as_tensor(self.weights, dtype=torch.float32), 1)
+        if self.weights.shape[0] != len(FEATURES):
+            raise ValueError(f"RiskModel weights must have {len(FEATURES)} entries ({', '.join(FEATURES)}), got {self.weights.shape[0]}.")
+        self.mean = torch.zeros_like(self.weights) if self.mean is None else torch.as_tensor(self.mean, dtype=torch.float32)
+        self.std = torch.ones_like(self.weights) if self.std is None else torch.as_tensor(self.std, dtype=torch.float32).clamp_min(1e-6)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def untrained(cls) -> RiskModel:
+        """All weights zero (risk 0.5 everywhere): records the features, for :func:`fit_risk`."""
+        return cls(torch.zeros(len(FEATURES)))
+
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
+        """``[..., F]`` features -> ``[...]`` logits, on the features' device."""
+        scale, shift = self._constants(features.device)
+        return features.float() @ scale + shift
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit(features))
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``w / std`` and ``b − w · mean / std`` on ``device`` (built once per device)."""
+        found = self._on_device.get(device)
+        if found is None:
+            scale = self.weights / self.std
+            found = self._on_device[device] = (scale.to(device), (self.bias - scale @ self.mean).to(device))
+        return found
+
+    def check(self, model: nn.Module) -> None:
+        """Refuse ``model`` if this risk model was fitted for another architecture."""
+        config = model.config
+        layers = getattr(config.get_text_config(), "num_hidden_layers", None)
+        if self.model_type is not None and (config.model_type != self.model_type or (self.n_layers and layers != self.n_layers)):
+            raise ValueError(
+                f"This risk model was fitted for {self.model_type} with {self.n_layers} decoder layers, not for "
+                f"{config.model_type} with {layers}: fit one for this model with adapt_hooks.fit_risk(model, examples)."
+            )
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = {**self.meta, "bias": self.bias, "model_type": self.model_type, "n_layers": self.n_layers, "features": list(FEATURES)}
+        persistence.save(path, KIND, {"weights": self.weights, "mean": self.mean, "std": self.std}, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> RiskModel:
+        """A risk model read from :meth:`save`'s file; with ``model``, refused unless fitted for its architecture."""
+        tensors, meta = persistence.load(path, KIND, ("weights", "mean", "std"))
+        if meta.get("features") != list(FEATURES):
+            raise ValueError(f"{os.fspath(path)!r} reads features {meta.get('features')}, this adapt-hooks reads {list(FEATURES)}.")
+        extra = {k: v for k, v in meta.items() if k not in ("bias", "model_type", "n_layers", "features", "version")}
+        risk = cls(tensors["weights"], float(meta.get("bias", 0.0)), tensors["mean"], tensors["std"],
+                   meta.get("model_type"), meta.get("n_layers"), extra)  # fmt: skip
+        if model is not None:
+            risk.check(model)
+        return risk
+
+
+# -- fitting --------------------------------------------------------------------------------------
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, steps: int = 200) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """Weights, bias, mean and std of a logistic regression of ``y`` ``[N]`` (0/1) on ``x``
+    ``[N, F]``: features standardised, L2-penalised cross-entropy minimised with L-BFGS (deterministic)."""
+    x, y = x.double(), y.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return w.detach().float(), float(b), mean.float(), std.float()
+
+
+class RiskStopping(StoppingCriteria):
+    """A ``StoppingCriteria`` for ``model.generate``: a row stops once its risk (from ``monitor``,
+    the guard's :class:`~adapt_hooks.DriftMonitor` with a risk model) passes ``threshold``. It reads
+    the risk on the device, so it adds no host synchronisation to the decode loop.
+
+    >>> monitor = DriftMonitor(steer=False, risk=RiskModel.load("risk.safetensors", model))  # doctest: +SKIP
+    >>> with adapt_hooks.guard(model, monitor=monitor):                                     # doctest: +SKIP
+    ...     out = model.generate(**inputs, stopping_criteria=[RiskStopping(monitor, 0.8)])
+    """
+
+    def __init__(self, monitor, threshold: float) -> None:
+        if getattr(monitor, "risk_model", None) is None:
+            raise ValueError("RiskStopping needs the guard's DriftMonitor built with a risk model: DriftMonitor(risk=RiskModel.load(...)).")
+        self.monitor = monitor
+        self.threshold = float(threshold)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        risk = self.monitor.latest_risk
+        if risk is None or risk.shape[0] != input_ids.shape[0]:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return (risk > self.threshold).to(input_ids.device)
