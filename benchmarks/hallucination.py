@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence import analysis, metrics  # noqa: E402
 from evidence.evaluate import DEFAULT, GuardSetting  # noqa: E402
 from evidence.experiments import (  # noqa: E402
-    INFERENCE, Plan, Runner, job_drift, job_dpo, job_main, job_sweep, job_tune,
+    INFERENCE, Plan, Runner, job_drift, job_dpo, job_main, job_sweep, job_tune, job_warning,
 )
 from evidence.model import WEIGHTS_DIR, load_model, n_parameters  # noqa: E402
 
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--no-dpo", action="store_true")
     parser.add_argument("--no-drift", action="store_true", help="skip the positive control")
+    parser.add_argument("--save-risk", type=Path, help="write the fitted early-warning risk model here (safetensors)")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     parser.add_argument("--json", type=Path, help="also write every per-seed number here")
     args = parser.parse_args(argv)
@@ -190,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         first = [(job_main, (plan, s)) for s in plan.seeds]
         first += [] if args.no_drift else [(job_tune, (plan, kind)) for kind in plan.kinds]
         first += [(job_sweep, (plan, s, sweep)) for s in plan.seeds[: plan.sweep_seeds]]
+        first += [(job_warning, (plan,))]
         done = runner.run(first)
+        (warning,) = [r for r in done if "threshold" in r]
         mains = [r for r in done if "mentions" in r]
         tuned = {r["kind"]: r for r in done if "scores" in r}
         sweeps = [r for r in done if "rows" in r and "mentions" not in r]
@@ -258,6 +261,20 @@ def main(argv: list[str] | None = None) -> None:
                     f"(CHAIR_i): **{tuned[kind]['best']}** ({scores}).", "", remedy_table(kind, plan, drift, clean)]
     out += ["", "### Which signal sees the hallucination: AUROC at the mentions after the anchor phase (plain model)", "",
             auroc_table(mains)]
+    quality = list(warning["quality"].values())
+    lines = ["| measure | " + " | ".join(["mean ± std over seeds"]) + " |", "|---|---|"]
+    for name in quality[0]:
+        values = [q[name] for q in quality if not np.isnan(q[name])]
+        cell = str(int(sum(values))) if name.startswith("n ") else (metrics.format_mean_std(values, 2) if values else "–")
+        lines.append(f"| {name} | {cell} |")
+    out += ["", f"### Early warning: a risk fitted with adapt_hooks.fit_risk on seeds {list(plan.risk_seeds)}, threshold "
+            f"{warning['threshold']:.3f} (Youden, on the fitting seeds), measured on seeds {list(plan.seeds)}", "", "\n".join(lines)]
+    if args.save_risk:
+        from adapt_hooks import RiskModel
+
+        r = warning["risk"]
+        RiskModel(torch.tensor(r["weights"]), r["bias"], torch.tensor(r["mean"]), torch.tensor(r["std"]), model.config.model_type,
+                  model.config.get_text_config().num_hidden_layers, {**warning["meta"], "threshold": warning["threshold"]}).save(args.save_risk)
     sweep_rows: dict[str, list[dict]] = {}
     if sweeps:
         sweep_rows["no guard (plain model)"] = [m["rows"]["plain model"] for m in mains[: plan.sweep_seeds]]
@@ -288,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         mentions = {m["seed"]: {run: analysis.signal_auroc(v) for run, v in m["mentions"].items()} for m in mains}
         args.json.write_text(json.dumps(
-            dict(rows=rows, drift=drift, tuned=tuned, auroc=mentions, sweep=sweep_rows, anchor_quality=mains[0]["anchor_quality"],
+            dict(rows=rows, drift=drift, tuned=tuned, auroc=mentions, warning=warning, sweep=sweep_rows, anchor_quality=mains[0]["anchor_quality"],
                  gate=mains[0]["gate"], dpo=[e for d in dpos for e in d["logs"]], best_inference=best),
             indent=1, default=float,
         ) + "\n")

@@ -195,6 +195,13 @@ def test_auroc_is_the_rank_sum_statistic():
     assert np.isnan(metrics.auroc([], [1.0]))
 
 
+def test_average_precision_is_the_mean_precision_at_each_positive():
+    positive, negative = [0.9, 0.6, 0.3], [0.8, 0.5, 0.1, 0.6]
+    # ranks of the positives among all, ties counting against: 0.9 -> 1/1; 0.6 -> 2/4 (0.9, 0.8, 0.6, 0.6); 0.3 -> 3/6
+    assert metrics.average_precision(positive, negative) == pytest.approx((1 + 2 / 4 + 3 / 6) / 3)
+    assert metrics.average_precision([1.0, 2.0], []) == 1.0 and np.isnan(metrics.average_precision([], [1.0]))
+
+
 def test_the_quick_benchmark_fills_every_table(tmp_path):
     """``hallucination.py --quick`` (what the docs' figures come from, on small sets) in two
     worker processes: every table is written, the numbers hang together."""
@@ -210,7 +217,7 @@ def test_the_quick_benchmark_fills_every_table(tmp_path):
     report, result = markdown.read_text(), json.loads(numbers.read_text())
     for heading in ("### Side by side", "### VAG-DPO variants", "### Positive control, premise",
                     *(f"### Positive control, remedy: {kind}" for kind in ("flatten", "border", "sink", "decay")),
-                    "### Which signal sees the hallucination"):  # fmt: skip
+                    "### Which signal sees the hallucination", "### Early warning"):  # fmt: skip
         assert heading in report
     rows = result["rows"]
     for name in ("plain model", "guard (paper defaults)", "guard, mass gate (τ 0.8)", "PAI (α 0.2)", "PAI + CFG (α 0.2, γ 1.1)",
@@ -221,5 +228,7 @@ def test_the_quick_benchmark_fills_every_table(tmp_path):
     (drifted,) = [d for d in result["drift"] if d["kind"] == "decay"]
     assert drifted["premise"]["6.0"]["adv recall"] < rows["plain model"][0]["adv recall"]  # decay hides objects
     assert len(drifted["remedy"]["6.0"]) == 6
+    quality = result["warning"]["quality"]["0"]
+    assert 0.5 < quality["AUROC risk (combined)"] <= 1 and 0 <= quality["hallucinations flagged"] <= 1
     for aurocs in result["auroc"]["0"].values():
         assert all(0 <= aurocs[name] <= 1 for name in aurocs if not name.startswith("n ")) and aurocs["n correct"] > 0

@@ -136,3 +136,75 @@ def signal_auroc(mentions: list[tuple[bool, dict[str, float]]]) -> dict[str, flo
     result["n hallucinated"] = sum(bad for bad, _ in mentions)
     result["n correct"] = sum(not bad for bad, _ in mentions)
     return result
+
+
+# -- the early warning ---------------------------------------------------------------------------
+def risk_examples(desc: Descriptions, scenes: Sequence[Scene]) -> list[dict]:
+    """``adapt_hooks.fit_risk`` examples from plain descriptions: each mention's colour word is
+    labelled 1 (hallucinated) or 0 (correct), every other token ignored."""
+    from . import batches
+
+    examples = []
+    for scene, ids in zip(scenes, desc.ids):
+        labels = np.full(len(ids), -1)
+        for j, kind in mention_steps(ids):
+            labels[j] = int(kind not in scene.objects)
+        examples.append(dict(inputs=batches.prompts([text.DESCRIBE], [scene]), tokens=list(ids), labels=labels))
+    return examples
+
+
+def mention_risks(desc: Descriptions, scenes: Sequence[Scene], k: int) -> list[tuple[bool, float]]:
+    """``(hallucinated, risk)`` at each mention's colour word after the anchor phase."""
+    out = []
+    for b, scene in enumerate(scenes):
+        for j, kind in mention_steps(desc.ids[b]):
+            if k <= j - 1 < len(desc.risk_at[b]):
+                out.append((kind not in scene.objects, float(desc.risk_at[b][j - 1])))
+    return out
+
+
+def youden_threshold(mentions: list[tuple[bool, float]]) -> float:
+    """The risk threshold that maximises true-positive rate minus false-positive rate."""
+    positive = np.array([r for bad, r in mentions if bad])
+    negative = np.array([r for bad, r in mentions if not bad])
+    candidates = np.unique(np.concatenate([positive, negative]))
+    j = [(positive > t).mean() - (negative > t).mean() for t in candidates]
+    return float(candidates[int(np.argmax(j))])
+
+
+def warning_quality(desc: Descriptions, scenes: Sequence[Scene], k: int, threshold: float) -> dict[str, float]:
+    """How the risk (and each signal alone) tells hallucinated from correct mentions — AUROC and
+    AUPRC — and, at ``threshold``: the share of hallucinated mentions flagged at or before their
+    colour word, how many tokens before it the first flag came (among the flagged), the share of
+    correct mentions flagged at their own word, and the share of captions without a hallucination
+    flagged at any of their (monitored) mentions."""
+    signals = mention_signals(desc, scenes, k)
+    risks = mention_risks(desc, scenes, k)
+    result: dict[str, float] = {}
+    for name in (*RISK_SIGNALS, "risk (combined)"):
+        if name == "risk (combined)":
+            positive, negative = [r for bad, r in risks if bad], [r for bad, r in risks if not bad]
+        else:
+            positive = [r[name] for bad, r in signals if bad]
+            negative = [r[name] for bad, r in signals if not bad]
+        result[f"AUROC {name}"] = metrics.auroc(positive, negative)
+        result[f"AUPRC {name}"] = metrics.average_precision(positive, negative)
+    leads, flagged, correct_flags, clean_flags = [], [], [], []
+    for b, scene in enumerate(scenes):
+        risk, ids = desc.risk_at[b], desc.ids[b]
+        mentions = [(j, kind) for j, kind in mention_steps(ids) if k <= j - 1 < len(risk)]
+        bad = [j for j, kind in mentions if kind not in scene.objects]
+        for j in bad:
+            passed = [t for t in range(k + 1, j + 1) if risk[t - 1] > threshold]
+            flagged.append(bool(passed))
+            if passed:
+                leads.append(j - passed[0])
+        correct_flags += [bool(risk[j - 1] > threshold) for j, kind in mentions if kind in scene.objects]
+        if mentions and not bad:
+            clean_flags.append(any(risk[j - 1] > threshold for j, _ in mentions))
+    result["hallucinations flagged"] = float(np.mean(flagged)) if flagged else float("nan")
+    result["tokens of warning (flagged)"] = float(np.mean(leads)) if leads else float("nan")
+    result["correct mentions flagged"] = float(np.mean(correct_flags)) if correct_flags else float("nan")
+    result["clean captions flagged"] = float(np.mean(clean_flags)) if clean_flags else float("nan")
+    result["n hallucinated"] = float(len(flagged))
+    return result

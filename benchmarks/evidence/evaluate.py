@@ -40,9 +40,12 @@ class GuardSetting:
     normalize: str | None = "anchor"
     steer: bool = True
     methods: Callable[[], list] | None = None
+    risk: object = None  # an adapt_hooks.RiskModel: the monitor also computes the per-token risk
 
     def make(self, model):
-        monitor = DriftMonitor(tau=self.tau, alpha=self.alpha, steer=self.steer, normalize=self.normalize, steering=self.steering)
+        monitor = DriftMonitor(
+            tau=self.tau, alpha=self.alpha, steer=self.steer, normalize=self.normalize, steering=self.steering, risk=self.risk
+        )
         methods = None if self.methods is None else self.methods()
         return adapt_hooks.guard(model, anchor=Anchor(k=self.k), monitor=monitor, layers=self.layers, methods=methods)
 
@@ -80,6 +83,7 @@ class Descriptions:
     hhi_at: list[np.ndarray] = field(default_factory=list)      # per row: [steps, layers] HHI
     change_at: list[np.ndarray] = field(default_factory=list)   # per row: [steps, layers] change rate
     prob_at: list[np.ndarray] = field(default_factory=list)     # per row: [tokens] probability of each generated token
+    risk_at: list[np.ndarray] = field(default_factory=list)     # per row: [steps] the monitor's risk (with a risk model)
 
     @property
     def kinds(self) -> list[set[int]]:
@@ -138,6 +142,8 @@ def describe(
             out.mass_at.append(history["visual_mass"][:steps, :, b].numpy())
             out.hhi_at.append(history["hhi"][:steps, :, b].numpy())
             out.change_at.append(history["change_rate"][:steps, :, b].numpy())
+            if run.monitor.risk is not None:
+                out.risk_at.append(run.monitor.risk[:steps, b].numpy())
             if run.anchor.weights is not None:
                 out.anchors.append(run.anchor.weights[b].clone())
                 out.fused.append(run.anchor.fused[b].clone())

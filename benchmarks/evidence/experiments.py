@@ -64,6 +64,7 @@ class Plan:
     )
     sweep_seeds: int = 2  # the guard sweep runs on this many of the seeds (0: no sweep)
     candidates: int = len(CANDIDATES)  # how many of CANDIDATES the tuning tries
+    risk_seeds: tuple[int, ...] = (10, 11)  # the scenes the early-warning risk is fitted on, apart from every evaluation seed
 
     @classmethod
     def quick(cls) -> Plan:
@@ -72,6 +73,7 @@ class Plan:
         return cls(
             seeds=(0,), n_per_kind=10, n_control=24, strengths=(6.0,), dpo=dpo,
             variants=(("VE background: mean colour", replace(dpo, background="mean")),), sweep_seeds=0, candidates=2,
+            risk_seeds=(10,),
         )  # fmt: skip
 
     @property
@@ -132,6 +134,24 @@ def job_main(plan: Plan, seed: int) -> dict:
             "guard (paper defaults)": analysis.gate_at_mentions(steered, suite.adversarial, DEFAULT.tau, DEFAULT.k),
         }
     return out
+
+
+def job_warning(plan: Plan) -> dict:
+    """The early warning: a risk model fitted with ``adapt_hooks.fit_risk`` on the plain model's
+    descriptions of the ``risk_seeds`` scenes, its threshold chosen there (Youden), and its quality
+    on every evaluation seed."""
+    model = _model()
+    fit_scenes = [scene for seed in plan.risk_seeds for scene in plan.suite(seed).adversarial]
+    examples = analysis.risk_examples(describe(model, fit_scenes), fit_scenes)
+    risk = adapt_hooks.fit_risk(model, examples, anchor=adapt_hooks.Anchor(k=OBSERVE.k))
+    watching = replace(OBSERVE, risk=risk)
+    threshold = analysis.youden_threshold(analysis.mention_risks(describe(model, fit_scenes, watching), fit_scenes, OBSERVE.k))
+    quality = {}
+    for seed in plan.seeds:
+        scenes = plan.suite(seed).adversarial
+        quality[seed] = analysis.warning_quality(describe(model, scenes, watching, probabilities=True), scenes, OBSERVE.k, threshold)
+    tensors = dict(weights=risk.weights.tolist(), bias=risk.bias, mean=risk.mean.tolist(), std=risk.std.tolist())
+    return dict(risk=tensors, meta=risk.meta, threshold=threshold, quality=quality)
 
 
 def job_tune(plan: Plan, kind: str) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 
 def chair(mentioned: Sequence[set], truth: Sequence[set]) -> dict[str, float]:
     """CHAIR_i, CHAIR_s and object recall of captions; ``mentioned[i]`` and ``truth[i]`` are sets
@@ -70,7 +72,22 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
     """Area under the ROC curve of a score that should be higher on ``positive`` cases: the
     probability that a random positive scores above a random negative, ties counting half
     (the Mann–Whitney statistic). NaN when either side is empty."""
-    if not positive or not negative:
+    if len(positive) == 0 or len(negative) == 0:
         return float("nan")
-    above = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return above / (len(positive) * len(negative))
+    pos, neg = np.asarray(positive, dtype=float), np.sort(np.asarray(negative, dtype=float))
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
+
+
+def average_precision(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Area under the precision-recall curve of a score that should be higher on ``positive``
+    cases (average precision: the mean, over positives, of the precision among the cases scoring
+    at least as high; ties count against). NaN when there is no positive."""
+    if len(positive) == 0:
+        return float("nan")
+    pos = np.sort(np.asarray(positive, dtype=float))
+    every = np.sort(np.concatenate([pos, np.asarray(negative, dtype=float)]))
+    at_least = len(every) - np.searchsorted(every, pos, side="left")
+    positive_at_least = len(pos) - np.searchsorted(pos, pos, side="left")
+    return float(np.mean(positive_at_least / at_least))

@@ -113,7 +113,7 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, steps: i
         return loss
 
     optimiser.step(closure)
-    return w.detach().float(), float(b), mean.float(), std.float()
+    return w.detach().float(), float(b.detach()), mean.float(), std.float()
 
 
 class RiskStopping(StoppingCriteria):
