@@ -12,7 +12,7 @@ for, and refused for another.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,9 +36,10 @@ class RiskModel:
     std: torch.Tensor | None = None
     model_type: str | None = None
     n_layers: int | None = None
-    meta: dict = field(default_factory=dict)
+    meta: dict | None = None
 
     def __post_init__(self) -> None:
+        self.meta = {} if self.meta is None else dict(self.meta)
         self.weights = persistence.check_tensor("weights", torch.as_tensor(self.weights, dtype=torch.float32), 1)
         if self.weights.shape[0] != len(FEATURES):
             raise ValueError(f"RiskModel weights must have {len(FEATURES)} entries ({', '.join(FEATURES)}), got {self.weights.shape[0]}.")
