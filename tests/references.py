@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from adapt_hooks.tiny import tiny_inputs
+
 #: Per-token inputs of the tiny prompts, extended over a continuation.
 PER_TOKEN = ("attention_mask", "mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
@@ -71,3 +73,40 @@ def single_row(inputs: dict, row: int) -> dict:
         else:
             out[name] = value[row : row + 1]
     return out
+
+
+#: Tensor methods that read a value on the host.
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy")
+
+
+def forbid_host_reads(monkeypatch, in_decode: list[bool], where: str = "a decode step") -> None:
+    """Make every :data:`HOST_READS` method raise while ``in_decode[0]`` is True."""
+
+    def forbidden(name):
+        original = getattr(torch.Tensor, name)
+
+        def check(self, *args, **kwargs):
+            if in_decode[0]:
+                raise AssertionError(f"Tensor.{name} called in {where}")
+            return original(self, *args, **kwargs)
+
+        return check
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+
+
+def assert_rows_as_alone(model, guard, new_tokens: int = 6) -> None:
+    """Each row of a left-padded batch of two tiny prompts, generated inside ``guard()`` (a fresh
+    guard per call), gives the tokens and next-token logits it gives on its own."""
+    batch = tiny_inputs(model, 2)
+    logits = dict(output_logits=True, return_dict_in_generate=True)
+    with guard():
+        both = model.generate(**batch, max_new_tokens=new_tokens, do_sample=False, **logits)
+        alone = [model.generate(**single_row(batch, row), max_new_tokens=new_tokens, do_sample=False, **logits) for row in range(2)]
+    assert batch["attention_mask"].eq(0).any()
+    for row, single in enumerate(alone):
+        width = both.sequences.shape[1] - single.sequences.shape[1]
+        assert torch.equal(both.sequences[row, width:], single.sequences[0])
+        for a, b in zip(both.logits, single.logits):
+            assert_logits_match(a[row : row + 1], b, atol=1e-5)

@@ -15,6 +15,7 @@ from adapt_hooks import Guard
 from adapt_hooks.tiny import model_types, tiny_inputs, tiny_model
 
 from .conftest import _model, generate
+from .references import forbid_host_reads
 
 
 def snapshot(model):
@@ -122,18 +123,8 @@ def test_decode_path_never_syncs_with_the_host(model, monkeypatch):
     inputs = tiny_inputs(model, 2)
     in_decode = [False]
 
-    def forbidden(name):
-        original = getattr(torch.Tensor, name)
 
-        def check(self, *args, **kwargs):
-            if in_decode[0]:
-                raise AssertionError(f"Tensor.{name} called in the decode path")
-            return original(self, *args, **kwargs)
-
-        return check
-
-    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+    forbid_host_reads(monkeypatch, in_decode, "the decode path")
     with adapt_hooks.guard(model, monitor=DriftMonitor(tau=0.9)) as run:
         interceptor = AttentionInterface._global_mapping[run._name]
 

@@ -16,6 +16,7 @@ from adapt_hooks.methods.adapt import Blend, LogPrior, Redistribute
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import _model, generate
+from .references import forbid_host_reads
 from .test_lifecycle import snapshot
 
 LOGITS = dict(output_logits=True, return_dict_in_generate=True)
@@ -195,15 +196,6 @@ def test_decode_step_hooks_never_sync_with_the_host(family, monkeypatch):
     inputs = tiny_inputs(model, 2)
     in_decode = [False]
 
-    def forbidden(name):
-        original = getattr(torch.Tensor, name)
-
-        def check(self, *args, **kwargs):
-            if in_decode[0]:
-                raise AssertionError(f"Tensor.{name} called in a decode step")
-            return original(self, *args, **kwargs)
-
-        return check
 
     methods = [ADAPT(tau=0.9), PAI(alpha=0.5, cfg_gamma=1.1), VCD()]
     monitor = DriftMonitor(risk=adapt_hooks.RiskModel(torch.ones(len(adapt_hooks.risk.FEATURES)), -1.0))  # the risk too
@@ -233,8 +225,7 @@ def test_decode_step_hooks_never_sync_with_the_host(family, monkeypatch):
         monkeypatch.setattr(run, "_on_forward", pre_hook)
         monkeypatch.setattr(run, "_on_output", watched(on_output, decode_only=True))
         AttentionInterface._global_mapping[run._name] = attention
-        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
-            monkeypatch.setattr(torch.Tensor, name, forbidden(name))
+        forbid_host_reads(monkeypatch, in_decode)
         out = generate(model, inputs, max_new_tokens=8)
         monkeypatch.undo()
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8 and run.decode_steps == 7

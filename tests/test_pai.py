@@ -15,7 +15,7 @@ from adapt_hooks import PAI
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import FAMILIES, _model, generate
-from .references import assert_logits_match, forced_logits, single_row
+from .references import assert_logits_match, assert_rows_as_alone, forced_logits
 
 LOGITS = dict(output_logits=True, return_dict_in_generate=True)
 
@@ -79,16 +79,7 @@ def test_step_matches_a_hand_written_eager_attention(family):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "mllama"])  # one image per row
 def test_each_row_of_a_padded_batch_is_as_on_its_own(family):
     model = _model(family, "sdpa")
-    batch = tiny_inputs(model, 2)
-    with adapt_hooks.guard(model, methods=[PAI(alpha=1.0)]):
-        both = generate(model, batch, max_new_tokens=6, **LOGITS)
-        alone = [generate(model, single_row(batch, row), max_new_tokens=6, **LOGITS) for row in range(2)]
-    assert batch["attention_mask"].eq(0).any()
-    for row, single in enumerate(alone):
-        width = both.sequences.shape[1] - single.sequences.shape[1]
-        assert torch.equal(both.sequences[row, width:], single.sequences[0])
-        for a, b in zip(both.logits, single.logits):
-            torch.testing.assert_close(a[row], b[0], rtol=0, atol=1e-5)
+    assert_rows_as_alone(model, lambda: adapt_hooks.guard(model, methods=[PAI(alpha=1.0)]))
 
 
 def test_default_layers_start_at_relative_depth_two_of_32():

@@ -14,7 +14,7 @@ from adapt_hooks import VCD, DriftMonitor, noise
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import FAMILIES, _model, generate
-from .references import assert_logits_match, forced_logits, single_row
+from .references import assert_logits_match, assert_rows_as_alone, forced_logits
 from .test_lifecycle import snapshot
 
 LOGITS = dict(output_logits=True, return_dict_in_generate=True)
@@ -58,16 +58,7 @@ def test_alpha_zero_and_beta_zero_is_exactly_unguarded(llava):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "mllama"])  # one image per row
 def test_each_row_of_a_padded_batch_is_as_on_its_own(family):
     model = _model(family, "sdpa")
-    batch = tiny_inputs(model, 2)
-    with adapt_hooks.guard(model, methods=[VCD(alpha=1.5)]):
-        both = generate(model, batch, max_new_tokens=6, **LOGITS)
-        alone = [generate(model, single_row(batch, row), max_new_tokens=6, **LOGITS) for row in range(2)]
-    assert batch["attention_mask"].eq(0).any()
-    for row, single in enumerate(alone):
-        width = both.sequences.shape[1] - single.sequences.shape[1]
-        assert torch.equal(both.sequences[row, width:], single.sequences[0])
-        for a, b in zip(both.logits, single.logits):
-            assert_logits_match(a[row : row + 1], b, atol=1e-5)
+    assert_rows_as_alone(model, lambda: adapt_hooks.guard(model, methods=[VCD(alpha=1.5)]))
 
 
 def test_beam_search_scores_follow_the_reordered_contrast_rows(llava):
