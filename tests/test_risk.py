@@ -131,3 +131,22 @@ def test_fit_risk_learns_what_the_labels_follow(llava):
         for s in range(3, len(scores)):
             (positive if labels[s] == 1 else negative).append(scores[s])
     assert np.mean([p > n for p in positive for n in negative]) > 0.9
+
+
+def test_the_risk_gate_steers_the_rows_whose_last_risk_passed_tau(llava):
+    """ADAPT(gate="risk"): at each monitored step the steered rows are those whose risk at the
+    previous step (from the monitor's own record) is above tau; without a risk model, refused."""
+    inputs, k = tiny_inputs(llava, batch=2), 3
+    risk = RiskModel(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -30.0]), 0.6)  # falls with the top probability
+    _, observed = _guarded(llava, inputs, risk, k, max_new_tokens=12)
+    tau = float(observed.risk[k - 1 :].median())  # a threshold that switches steering on for about half the cells
+    method = adapt_hooks.ADAPT(tau=tau, alpha=2.0, gate="risk")
+    monitor = DriftMonitor(steer=False, risk=risk)
+    with adapt_hooks.guard(llava, anchor=Anchor(k=k), monitor=monitor, methods=[method]):
+        generate(llava, inputs, max_new_tokens=12)
+    steered = monitor.history["steered"][k:]  # [steps, layers, B]
+    expected = (monitor.risk[k - 1 : -1] > tau)[:, None, :].expand_as(steered)  # history row s reads risk row s - 1
+    assert torch.equal(steered.bool(), expected)
+    assert 0 < expected.float().mean() < 1
+    with pytest.raises(ValueError, match="reads the hallucination risk"):
+        adapt_hooks.guard(llava, methods=[adapt_hooks.ADAPT(gate="risk")])

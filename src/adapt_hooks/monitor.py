@@ -109,6 +109,7 @@ class DriftMonitor:
         self._pending: torch.Tensor | None = None  # [B, 5]: this step's attention features summed over layers
         self._features: list[torch.Tensor] = []  # per step: [B, F] risk features
         self._risks: list[torch.Tensor] = []  # per step: [B] risk
+        self._last_risk: torch.Tensor | None = None  # [B]: the last step's risk, following beam reordering
 
     def observe(
         self,
@@ -133,6 +134,8 @@ class DriftMonitor:
         )
         step = AttentionStep(slot, layer, logits, probs, positions, valid, total, None if state is None else score)
         step.observation = (normalised, score, mass / (probs.shape[1] * probs.shape[2]), hhi)
+        if self._last_risk is not None:
+            step.risk = self._last_risk[:, None]
         return step
 
     def record(self, step: AttentionStep) -> None:
@@ -169,7 +172,8 @@ class DriftMonitor:
         features = torch.cat([self._pending / max(self.n_layers, 1), confidence], -1)
         self._pending = None
         self._features.append(features)
-        self._risks.append(self.risk_model(features))
+        self._last_risk = self.risk_model(features)
+        self._risks.append(self._last_risk)
 
     def _slot(self, slot: int, anchor: Anchor, device: torch.device) -> _SlotState:
         """The per-prompt constants and counters of one hooked layer, built at its first monitored step."""
@@ -208,6 +212,8 @@ class DriftMonitor:
             if state.anchor_mass is not None:
                 state.anchor_mass = gather(state.anchor_mass)
         self._previous = {slot: gather(t) for slot, t in self._previous.items()}
+        if self._last_risk is not None:
+            self._last_risk = gather(self._last_risk)
         self._anchor_amc = {slot: gather(t) for slot, t in self._anchor_amc.items()}
 
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -240,7 +246,7 @@ class DriftMonitor:
     @property
     def latest_risk(self) -> torch.Tensor | None:
         """The last decode step's risk ``[batch]``, on the device (no host sync), or ``None``."""
-        return self._risks[-1] if self._risks else None
+        return self._last_risk
 
     @property
     def risk_features(self) -> torch.Tensor | None:

@@ -102,6 +102,9 @@ class Guard(Installed):
                     f"methods= must list adapt_hooks methods (ADAPT, PAI, VCD or a Method subclass), got "
                     f"{type(method).__name__}."
                 )
+        reading = [m for m in chosen if m.needs_risk]
+        if reading and self.monitor.risk_model is None:
+            raise ValueError(f"{reading[0]!r} reads the hallucination risk: give the guard DriftMonitor(risk=RiskModel.load(...)).")
         if len({id(m) for m in chosen}) != len(chosen):
             raise ValueError("methods= lists the same method object twice; make one object per entry.")
         editing: list[list[Method]] = [[] for _ in self.layers]

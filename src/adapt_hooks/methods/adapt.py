@@ -9,7 +9,9 @@ probabilities; ``"blend"`` and ``"redistribute"`` edit the post-softmax image pr
 The gate reads the paper's anchor-modulated score by default (``gate="amc"``); ``gate="mass"``
 reads the layer's visual mass relative to its anchor phase instead (steer where the image gets
 less than ``tau`` of the attention it got while the anchor was recorded), the attention signal
-that best separates hallucinated from correct mentions on the evidence benchmark.
+that best separates hallucinated from correct mentions on the evidence benchmark; ``gate="risk"``
+switches steering on for the rows whose hallucination risk at the previous step (the monitor's
+risk model) is above ``tau``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .base import AttentionStep, Method, Prompt
 
 
 #: What the gate compares with ``tau``: the monitor's AMC score, or the visual mass over the anchor phase's.
-GATES = ("amc", "mass")
+GATES = ("amc", "mass", "risk")
 
 
 class ADAPT(Method):
@@ -60,6 +62,8 @@ class ADAPT(Method):
         self.gate = gate
         if gate == "mass":  # it reads each layer's anchor-phase map
             self.needs_anchor_maps = True
+        if gate == "risk":
+            self.needs_risk = True
         self.start(None)
 
     def settings(self) -> Mapping[str, object]:
@@ -75,6 +79,13 @@ class ADAPT(Method):
 
     def attend(self, step: AttentionStep) -> None:
         if step.score is None:  # anchor phase
+            return
+        if self.gate == "risk":
+            if step.risk is None:  # no risk yet (the first decode step)
+                return
+            gate = (step.risk > self.tau) & self._per_device("has_image", step.risk.device)
+            step.mark(gate)
+            self.steer(step, gate)
             return
         if self.gate == "amc":
             score = step.score
@@ -111,6 +122,8 @@ class ADAPT(Method):
             )
         if name == "valid":
             return layout.valid.to(device)
+        if name == "has_image":
+            return layout.has_image.to(device)[:, None]
         raise KeyError(name)
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -45,7 +45,8 @@ class AttentionStep:
 
     The guard's monitor has already observed it: :attr:`attention` is the head-mean image
     attention ``[B, N]`` of the unedited step and :attr:`score` its (anchor-normalised) AMC,
-    ``None`` during the anchor phase. A method edits the step in one of three ways, applied in the
+    ``None`` during the anchor phase; :attr:`risk` the previous decode step's hallucination risk
+    ``[B, 1]`` when the monitor has a risk model. A method edits the step in one of three ways, applied in the
     order they are called: :meth:`set_logits` (a new pre-softmax tensor), :meth:`scale_prefill`
     (multiply the prefill keys' probabilities, i.e. add ``log factor`` to their logits, without a
     second softmax) or :meth:`set_probs` (post-softmax). A logit edit after a probability edit
@@ -68,6 +69,7 @@ class AttentionStep:
         self.edited = False
         self.steered: torch.Tensor | None = None  # [B, 1] bool: rows a method steered this step
         self.observation: object = None  # the monitor's own record of the step
+        self.risk: torch.Tensor | None = None  # [B, 1]: the previous decode step's risk (a monitor with a risk model)
 
     @property
     def attention(self) -> torch.Tensor:
@@ -146,6 +148,7 @@ class Method:
     name: ClassVar[str] = "method"
     needs_anchor: ClassVar[bool] = False
     needs_anchor_maps: bool = False  # a class attribute, or set per object where settings decide
+    needs_risk: bool = False  # it reads AttentionStep.risk: the guard's monitor needs a risk model
     contrast: str | None = None  # a class attribute, or a property where settings decide
     #: The method edits attention (its :meth:`attend` is called) / the next-token logits.
     edits_attention: bool = False
