@@ -233,6 +233,11 @@ class Anchor:
             )
         return self.maps[:, slot].to(device)
 
+    def layer_mass(self, slot: int, device: torch.device | None = None) -> torch.Tensor:
+        """``[B, 1]``: hooked layer ``slot``'s mean image attention mass over the anchor phase
+        (floored, to divide by)."""
+        return self.layer_map(slot, device).sum(-1, keepdim=True).clamp_min(1e-12)
+
     def grid(self, row: int = 0, index: int = 0, values: torch.Tensor | None = None) -> torch.Tensor:
         """``values`` (default: :attr:`weights`) of one image grid of one row as a 2-D ``[H, W]`` tensor."""
         values = self.weights if values is None else values

@@ -187,7 +187,7 @@ class DriftMonitor:
                 steered=torch.zeros(weights.shape[0], 1, dtype=torch.int32, device=device),
             )
             if self.risk_model is not None and anchor.maps is not None:
-                state.anchor_mass = anchor.layer_map(slot, device).sum(-1, keepdim=True).clamp_min(1e-12)
+                state.anchor_mass = anchor.layer_mass(slot, device)
         return state
 
     def anchor_score(self, slot: int, anchor: Anchor, weights: torch.Tensor) -> torch.Tensor:

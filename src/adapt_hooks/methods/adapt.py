@@ -103,7 +103,7 @@ class ADAPT(Method):
         """``[B, 1]``: hooked layer ``slot``'s mean image attention mass over the anchor phase."""
         value = self._cache.get(("mass", slot))
         if value is None:
-            value = self._cache[("mass", slot)] = self.prompt.anchor.layer_map(slot, device).sum(-1, keepdim=True).clamp_min(1e-12)
+            value = self._cache[("mass", slot)] = self.prompt.anchor.layer_mass(slot, device)
         return value
 
     def _per_device(self, name: str, device: torch.device) -> torch.Tensor:
