@@ -57,6 +57,26 @@ def test_run_on_a_checkpoint_folder(checkpoint, tmp_path):
     assert observed.returncode == 0 and "answer (observed only):" in observed.stdout
 
 
+def test_run_prints_each_tokens_risk_and_refuses_a_foreign_risk_model(checkpoint, tmp_path):
+    from adapt_hooks import RiskModel
+
+    weights = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    RiskModel(weights, -0.5, model_type="llava", n_layers=4).save(tmp_path / "risk.safetensors")  # risk = sigmoid(confidence - 0.5)
+    result = cli("run", "--model", checkpoint, "--image", checkpoint / "scene.png", "--prompt", "what is in the image",
+                 "--max-new-tokens", "6", "--no-steer", "--risk", tmp_path / "risk.safetensors", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.strip().startswith("step"))
+    assert header.split()[:6] == ["step", "token", "visual", "mass", "AMC", "risk"]
+    rows = _table_rows(result.stdout)
+    assert len(rows) == 5
+    risks = [float(row.split()[4]) for row in rows]  # step, token, mass, AMC, risk, steered
+    assert all(0.37 < r < 0.63 for r in risks)  # sigmoid(p - 0.5) for a top probability p in [0, 1]
+    RiskModel(weights, model_type="qwen2_vl", n_layers=4).save(tmp_path / "other.safetensors")
+    foreign = cli("run", "--model", checkpoint, "--image", checkpoint / "scene.png", "--prompt", "x",
+                  "--risk", tmp_path / "other.safetensors", "--out", tmp_path)
+    assert foreign.returncode == 2 and "fitted for qwen2_vl" in foreign.stderr
+
+
 def test_debias_command_writes_a_mask(checkpoint, tmp_path):
     from adapt_hooks import DebiasMask
 

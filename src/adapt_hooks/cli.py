@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import Anchor, DriftMonitor, __version__, compat, estimate_debias_mask, guard
+from . import Anchor, DriftMonitor, RiskModel, __version__, compat, estimate_debias_mask, guard
 from .prompts import chat_prompt
 from .viz.report import drift_table, write_pictures
 
@@ -69,16 +69,18 @@ def _generate(model, inputs, max_new_tokens: int, monitor: DriftMonitor, anchor:
 
 
 def _compare(model, processor, image, question: str, args) -> None:
-    """Generate without and with steering, print both answers and the drift table, write pictures."""
+    """Generate without and with steering, print both answers and the drift table (with each
+    token's risk given ``--risk``), write pictures."""
     inputs = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt").to(model.device)
     anchor = lambda: Anchor(k=args.k)  # noqa: E731 - a fresh anchor per run
-    plain, observed = _generate(model, inputs, args.max_new_tokens, DriftMonitor(steer=False), anchor())
+    risk = RiskModel.load(args.risk, model) if getattr(args, "risk", None) else None
+    plain, observed = _generate(model, inputs, args.max_new_tokens, DriftMonitor(steer=False, risk=risk), anchor())
     decode = lambda ids: processor.batch_decode(ids, skip_special_tokens=True)[0].strip()  # noqa: E731
     if args.no_steer:
         run, answer = observed, decode(plain)
         print(f"answer (observed only): {answer}")
     else:
-        steered, run = _generate(model, inputs, args.max_new_tokens, DriftMonitor(tau=args.tau, alpha=args.alpha), anchor())
+        steered, run = _generate(model, inputs, args.max_new_tokens, DriftMonitor(tau=args.tau, alpha=args.alpha, risk=risk), anchor())
         width = max(len("without steering"), 16)
         print(f"{'without steering':<{width}}  {decode(plain)}")
         print(f"{'with steering':<{width}}  {decode(steered)}")
@@ -169,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     _loading(p)
     p.add_argument("--image", required=True, help="image file")
     p.add_argument("--prompt", required=True, help="question about the image")
+    p.add_argument("--risk", help="a risk model fitted for this model (adapt_hooks.fit_risk): print each token's risk")
     _common(p, seed=False)  # greedy decoding: nothing to seed
     p.set_defaults(handler=run)
     p = commands.add_parser("debias", help="estimate a debias mask on noise images",

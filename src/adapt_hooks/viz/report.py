@@ -13,18 +13,20 @@ PLOT_HINT = "drift.png needs matplotlib: pip install 'adapt-hooks[plot]'"
 
 def drift_table(run: Guard, tokens: list[str], row: int = 0) -> str:
     """One line per decode step: the token it produced, layer-mean visual mass and AMC (relative
-    to the anchor phase), and the layers that were steered."""
+    to the anchor phase), the hallucination risk (with a risk model) and the layers that were steered."""
     history = run.monitor.history
     if not history:
         return "(no decode steps were observed)"
-    lines = [f"{'step':>4}  {'token':<14} {'visual mass':>11} {'AMC':>8}  steered layers"]
+    risk = run.monitor.risk
+    lines = [f"{'step':>4}  {'token':<14} {'visual mass':>11} {'AMC':>8}" + ("    risk" if risk is not None else "") + "  steered layers"]
     for t in range(history["amc"].shape[0]):
         amc = history["amc"][t, :, row]
         steered = [run.layers[i] for i in history["steered"][t, :, row].nonzero().flatten().tolist()]
         amc_text = "anchor" if amc.isnan().all() else f"{amc.mean().item():.3f}"
         token = tokens[t] if t < len(tokens) else ""
         mass = history["visual_mass"][t, :, row].mean().item()
-        lines.append(f"{t + 1:>4}  {token[:14]:<14} {mass:>11.3f} {amc_text:>8}  {', '.join(map(str, steered)) or '-'}")
+        risk_text = "" if risk is None else (f" {risk[t, row].item():>7.3f}" if t < risk.shape[0] else " " * 8)
+        lines.append(f"{t + 1:>4}  {token[:14]:<14} {mass:>11.3f} {amc_text:>8}{risk_text}  {', '.join(map(str, steered)) or '-'}")
     lines.append(f"intervention rate: {run.monitor.intervention_rate:.1%} of (step, layer, row) cells")
     return "\n".join(lines)
 
