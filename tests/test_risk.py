@@ -12,7 +12,8 @@ import torch
 
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor, RiskModel, RiskStopping, fit_risk
-from adapt_hooks.risk import FEATURES, fit_logistic
+from adapt_hooks.risk import FEATURES
+from adapt_hooks.risk_fitting import fit_logistic
 from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 from .conftest import generate

@@ -12,7 +12,27 @@ from torch import nn
 from .anchor import Anchor
 from .hooks.guard import guard
 from .monitor import DriftMonitor
-from .risk import RiskModel, fit_logistic
+from .risk import RiskModel
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, steps: int = 200) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """Weights, bias, mean and std of a logistic regression of ``y`` ``[N]`` (0/1) on ``x``
+    ``[N, F]``: features standardised, L2-penalised cross-entropy minimised with L-BFGS (deterministic)."""
+    x, y = x.double(), y.double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * w.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return w.detach().float(), float(b.detach()), mean.float(), std.float()
 
 
 def fit_risk(model: nn.Module, examples: Iterable[Mapping[str, object]], *, anchor: Anchor | None = None, l2: float = 1e-3) -> RiskModel:

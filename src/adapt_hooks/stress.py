@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from . import compat, signals
+from . import compat, scoring, signals
 from .adapters import get_adapter
 from .hooks import perturb
 from .hooks.install import AttentionSwap, Installed
@@ -76,8 +76,7 @@ def border_keys(layout: ImageLayout) -> torch.Tensor:
     positions = layout.positions.cpu()
     for b, grids in enumerate(layout.grids):
         for grid in grids:
-            r, c = torch.meshgrid(torch.arange(grid.height), torch.arange(grid.width), indexing="ij")
-            ring = ((r == 0) | (r == grid.height - 1) | (c == 0) | (c == grid.width - 1)).flatten()
+            ring = scoring.border_mask(grid.height, grid.width, band=1).flatten()
             marked[b, positions[b, grid.offset + torch.nonzero(ring).flatten()]] = True
     return marked
 

@@ -26,7 +26,8 @@ from ..validation import check_number
 from .base import AttentionStep, Method, Prompt
 
 
-#: What the gate compares with ``tau``: the monitor's AMC score, or the visual mass over the anchor phase's.
+#: What the gate compares with ``tau``: the monitor's AMC score, the visual mass over the anchor
+#: phase's (both: steer below ``tau``), or the previous step's hallucination risk (steer above it).
 GATES = ("amc", "mass", "risk")
 
 
@@ -36,7 +37,8 @@ class ADAPT(Method):
 
     Acts from the first decode step after the anchor phase, on every layer the guard hooks, on the
     rows whose score is below ``tau``: ``run.monitor``'s AMC (anchor-normalised by default), or
-    with ``gate="mass"`` the step's image attention mass over the layer's anchor-phase mass.
+    with ``gate="mass"`` the step's image attention mass over the layer's anchor-phase mass; with
+    ``gate="risk"``, the rows whose risk at the previous step is above ``tau``.
     """
 
     name = "adapt"
@@ -84,14 +86,12 @@ class ADAPT(Method):
             if step.risk is None:  # no risk yet (the first decode step)
                 return
             gate = (step.risk > self.tau) & self._per_device("has_image", step.risk.device)
-            step.mark(gate)
-            self.steer(step, gate)
-            return
-        if self.gate == "amc":
-            score = step.score
         else:
-            score = step.attention.sum(-1, keepdim=True) / self._anchor_mass(step.slot, step.score.device)
-        gate = score < self._per_device("threshold", step.score.device)
+            if self.gate == "amc":
+                score = step.score
+            else:
+                score = step.attention.sum(-1, keepdim=True) / self._anchor_mass(step.slot, step.score.device)
+            gate = score < self._per_device("threshold", step.score.device)
         step.mark(gate)
         self.steer(step, gate)
 
