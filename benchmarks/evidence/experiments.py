@@ -121,13 +121,14 @@ def job_main(plan: Plan, seed: int) -> dict:
     for setting in INFERENCE:
         rows[setting.name] = run_suite(model, suite, setting)
     k = OBSERVE.k
-    mentions = {"un-injected": analysis.mention_signals(describe(model, suite.adversarial, OBSERVE, probabilities=True), suite.adversarial, k)}
+    observed = describe(model, suite.adversarial, OBSERVE, probabilities=True)
+    mentions = {"un-injected": analysis.mention_signals(observed, suite.adversarial, k)}
     for kind in plan.kinds:
         drifted = describe(model, suite.adversarial, OBSERVE, drift=plan.drift(kind, plan.signal_strength), probabilities=True)
         mentions[f"{kind} {plan.signal_strength:g}"] = analysis.mention_signals(drifted, suite.adversarial, k)
     out = dict(seed=seed, rows=rows, mentions=mentions)
     if seed == plan.seeds[0]:
-        observed, steered = describe(model, suite.adversarial, OBSERVE), describe(model, suite.adversarial, DEFAULT)
+        steered = describe(model, suite.adversarial, DEFAULT)
         out["anchor_quality"] = {"plain model (observe only)": analysis.anchor_quality(observed, suite.adversarial)}
         out["gate"] = {
             "observe only": analysis.gate_at_mentions(observed, suite.adversarial, DEFAULT.tau, DEFAULT.k),
