@@ -4,7 +4,7 @@
     PYTHONPATH=src python benchmarks/hallucination.py --quick         # every table on small sets, ~1 min
     PYTHONPATH=src python benchmarks/hallucination.py --markdown out.md --json out.json
 
-Loads the stored model (``benchmarks/evidence/weights``) and measures, over evaluation seeds 0-2:
+Loads the stored model (``adapt_hooks/shapes/weights``) and measures, over evaluation seeds 0-2:
 
 1. side by side on decorrelated scenes: the plain model, the ADAPT guard (paper defaults and the
    mass gate), PAI (with and without its CFG step), VCD, guard + VCD, VAG-DPO, ordinary DPO and the
@@ -40,7 +40,7 @@ from evidence.evaluate import DEFAULT, GuardSetting  # noqa: E402
 from evidence.experiments import (  # noqa: E402
     INFERENCE, Plan, Runner, job_drift, job_dpo, job_main, job_sweep, job_tune, job_warning,
 )
-from evidence.model import WEIGHTS_DIR, load_model, n_parameters  # noqa: E402
+from adapt_hooks.shapes.model import WEIGHTS_DIR, load_model, n_parameters  # noqa: E402
 
 MAIN_COLUMNS = {
     "adv CHAIR_i": "CHAIR_i ↓", "adv CHAIR_s": "CHAIR_s ↓", "adv partner": "partner named ↓", "adv recall": "recall ↑",
@@ -271,10 +271,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{warning['threshold']:.3f} (Youden, on the fitting seeds), measured on seeds {list(plan.seeds)}", "", "\n".join(lines)]
     if args.save_risk:
         from adapt_hooks import RiskModel
+        from adapt_hooks.risk import architecture
 
         r = warning["risk"]
-        RiskModel(torch.tensor(r["weights"]), r["bias"], torch.tensor(r["mean"]), torch.tensor(r["std"]), model.config.model_type,
-                  model.config.get_text_config().num_hidden_layers, {**warning["meta"], "threshold": warning["threshold"]}).save(args.save_risk)
+        model_type, layers, hidden = architecture(model)
+        RiskModel(torch.tensor(r["weights"]), r["bias"], torch.tensor(r["mean"]), torch.tensor(r["std"]), model_type, layers,
+                  {**warning["meta"], "threshold": warning["threshold"]}, hidden).save(args.save_risk)
     sweep_rows: dict[str, list[dict]] = {}
     if sweeps:
         sweep_rows["no guard (plain model)"] = [m["rows"]["plain model"] for m in mains[: plan.sweep_seeds]]

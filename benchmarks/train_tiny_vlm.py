@@ -26,8 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evidence import batches, text, world  # noqa: E402
-from evidence.model import WEIGHTS_DIR, build_model, n_parameters  # noqa: E402
+from adapt_hooks.shapes import text, world  # noqa: E402
+from adapt_hooks.shapes.model import WEIGHTS_DIR, build_model, n_parameters  # noqa: E402
+from evidence import batches  # noqa: E402
 
 
 def lr_factor(step: int, steps: int, warmup: int) -> float:

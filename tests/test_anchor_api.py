@@ -125,7 +125,9 @@ def test_ve_image_and_heatmap():
     with pytest.raises(ValueError, match="one box per grid"):
         tiles.to_image(image, index=None)
     heat = anchor.heatmap(image, opacity=1.0)
-    assert heat.size == image.size and heat.getpixel((2, 10)) == (255, 0, 0) and heat.getpixel((38, 10)) == (0, 0, 255)
+    assert heat.size == image.size and heat.getpixel((2, 10)) == (255, 0, 0) and heat.getpixel((38, 10)) == (10, 120, 200)
+    half = anchor.heatmap(image)  # opacity 0.6 where the anchor is 1: the image still shows through
+    assert half.getpixel((2, 10)) == tuple(round(0.4 * c + 0.6 * h) for c, h in zip((10, 120, 200), (255, 0, 0)))
 
 
 def test_ve_backgrounds_replace_the_white():

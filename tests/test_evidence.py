@@ -16,9 +16,10 @@ from adapt_hooks import DriftMonitor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from evidence import batches, metrics, text, world  # noqa: E402
+from adapt_hooks.shapes import text, world  # noqa: E402
+from evidence import batches, metrics  # noqa: E402
 from evidence.evaluate import describe, other_absent_rate, partner_rate  # noqa: E402
-from evidence.model import WEIGHTS_DIR, load_model, load_processor  # noqa: E402
+from adapt_hooks.shapes.model import WEIGHTS_DIR, load_model, load_processor  # noqa: E402
 
 torch.set_num_threads(1)
 

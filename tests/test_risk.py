@@ -92,6 +92,9 @@ def test_a_saved_risk_model_loads_and_refuses_another_architecture(tmp_path, lla
         RiskModel.load(path, qwen)
     with pytest.raises(ValueError, match="fitted for llava"):
         adapt_hooks.guard(qwen, monitor=DriftMonitor(risk=back))
+    wide = RiskModel(torch.ones(6), model_type="llava", n_layers=4, hidden_size=128)  # same type and depth, other width
+    with pytest.raises(ValueError, match="with 4 decoder layers of width 128, not for llava with 4 decoder layers of width 32"):
+        wide.check(llava)
     with pytest.raises(ValueError, match="6 entries"):
         RiskModel(torch.ones(3))
     with pytest.raises(TypeError, match="must be an adapt_hooks.RiskModel"):

@@ -24,8 +24,9 @@ from .conftest import generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from evidence import batches, text, world  # noqa: E402
-from evidence.model import load_model  # noqa: E402
+from adapt_hooks.shapes import text, world  # noqa: E402
+from adapt_hooks.shapes.model import load_model  # noqa: E402
+from evidence import batches  # noqa: E402
 
 
 def observe() -> DriftMonitor:

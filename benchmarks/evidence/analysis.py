@@ -7,9 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import metrics, text, world
+from adapt_hooks.shapes import text, world
+from adapt_hooks.shapes.text import mention_steps
+
+from . import metrics
 from .evaluate import Descriptions
-from .world import Scene
+from adapt_hooks.shapes.world import Scene
 
 
 def mass_lift(values: np.ndarray, mask: np.ndarray) -> float:
@@ -63,12 +66,6 @@ def _named_order(ids: Sequence[int]) -> list[int]:
         if (a, b) in world.KINDS and world.KINDS.index((a, b)) not in order:
             order.append(world.KINDS.index((a, b)))
     return order
-
-
-def mention_steps(ids: Sequence[int]) -> list[tuple[int, int]]:
-    """``(index of the colour word, kind)`` of each kind mention of a generated caption."""
-    words = [text.VOCAB[i] for i in ids]
-    return [(j, world.KINDS.index((a, b))) for j, (a, b) in enumerate(zip(words, words[1:])) if (a, b) in world.KINDS]
 
 
 def gate_at_mentions(desc: Descriptions, scenes: Sequence[Scene], tau: float, k: int) -> dict[str, float]:

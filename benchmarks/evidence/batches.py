@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import text
-from .world import N_KINDS, Scene
+from adapt_hooks.shapes import text
+from adapt_hooks.shapes.world import N_KINDS, Scene
 
 CAPTION_SHARE = 0.5
 

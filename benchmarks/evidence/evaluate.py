@@ -19,8 +19,10 @@ import torch
 import adapt_hooks
 from adapt_hooks import Anchor, DriftMonitor
 
-from . import batches, metrics, text, world
-from .world import KINDS, Scene
+from adapt_hooks.shapes import text, world
+from adapt_hooks.shapes.world import KINDS, Scene
+
+from . import batches, metrics
 
 MAX_NEW_TOKENS = 24
 BATCH = 128

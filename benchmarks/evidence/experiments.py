@@ -22,7 +22,7 @@ from adapt_hooks import stress
 from . import analysis
 from .evaluate import DEFAULT, METHODS, OBSERVE, GuardSetting, build_suite, describe, run_suite
 from .finetune import DPOSettings, preference_records, vagdpo
-from .model import load_model, load_processor
+from adapt_hooks.shapes.model import load_model, load_processor
 
 #: ADAPT with the gate on visual mass relative to the anchor phase, everything else at the paper's defaults.
 MASS_GATE = GuardSetting("guard, mass gate (τ 0.8)", methods=lambda: [adapt_hooks.ADAPT(tau=0.8, gate="mass")])

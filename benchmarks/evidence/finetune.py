@@ -25,7 +25,8 @@ import torch
 
 from adapt_hooks import VAGDPOCollator, VAGDPOLoss, compute_anchor, reference_logps, sequence_logps
 
-from . import text, world
+from adapt_hooks.shapes import text, world
+
 from .evaluate import describe
 
 

@@ -258,8 +258,9 @@ class Anchor:
 
         return enhance(image, *self._placed(row, index, box), background=background)
 
-    def heatmap(self, image, row: int = 0, index: int | None = 0, box=None, opacity: float = 0.5):
-        """``image`` with the anchor overlaid as a heat map (PIL image); grids and boxes as in :meth:`to_image`."""
+    def heatmap(self, image, row: int = 0, index: int | None = 0, box=None, opacity: float = 0.6):
+        """``image`` with the anchor overlaid as a heat map, translucent where the anchor is low
+        (``opacity`` where it is 1; PIL image); grids and boxes as in :meth:`to_image`."""
         from .viz.visual import heatmap
 
         return heatmap(image, *self._placed(row, index, box), opacity=opacity)

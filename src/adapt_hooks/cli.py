@@ -1,4 +1,4 @@
-"""The ``adapt-hooks`` command: ``demo`` (embedded tiny model, no download), ``run`` (a real
+"""The ``adapt-hooks`` command: ``demo`` (the shipped shapes VLM, no download), ``run`` (a real
 checkpoint on one image), ``debias`` (estimate a debias mask) and ``check`` (is the installed
 transformers one the guard works with). Bad input ends with one clear line on stderr and exit
 status 2; a failed check with exit status 1."""
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from . import Anchor, DriftMonitor, RiskModel, __version__, compat, estimate_debias_mask, guard
+from . import Anchor, DriftMonitor, RiskModel, __version__, compat, estimate_debias_mask
 from .prompts import chat_prompt
+from .running import guarded_generate
 from .viz.report import drift_table, write_pictures
 
 
@@ -55,51 +56,35 @@ def _image(path: str):
         raise CommandError(f"--image {path!r}: not a readable image ({error})") from None
 
 
-def _generate(model, inputs, max_new_tokens: int, monitor: DriftMonitor, anchor: Anchor):
-    """Greedy guarded generation; a run in which the guard observed no decode step is an error."""
-    with torch.no_grad(), guard(model, anchor=anchor, monitor=monitor) as run:
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    if run.decode_steps == 0:
-        raise CommandError(
-            f"the guard observed no decode step (generated {out.shape[1] - inputs['input_ids'].shape[1]} token(s), "
-            f"transformers {compat.INSTALLED}): the first token comes from the prefill, so generate at least 2; "
-            "otherwise run `adapt-hooks check`"
-        )
-    return out[:, inputs["input_ids"].shape[1] :], run
-
-
 def _compare(model, processor, image, question: str, args) -> None:
     """Generate without and with steering, print both answers and the drift table (with each
     token's risk given ``--risk``), write pictures."""
     inputs = processor(images=image, text=chat_prompt(processor, question), return_tensors="pt").to(model.device)
     anchor = lambda: Anchor(k=args.k)  # noqa: E731 - a fresh anchor per run
     risk = RiskModel.load(args.risk, model) if getattr(args, "risk", None) else None
-    plain, observed = _generate(model, inputs, args.max_new_tokens, DriftMonitor(steer=False, risk=risk), anchor())
+    plain, observed = guarded_generate(model, inputs, args.max_new_tokens, DriftMonitor(steer=False, risk=risk), anchor())
     decode = lambda ids: processor.batch_decode(ids, skip_special_tokens=True)[0].strip()  # noqa: E731
     if args.no_steer:
         run, answer = observed, decode(plain)
         print(f"answer (observed only): {answer}")
     else:
-        steered, run = _generate(model, inputs, args.max_new_tokens, DriftMonitor(tau=args.tau, alpha=args.alpha, risk=risk), anchor())
+        steered, run = guarded_generate(model, inputs, args.max_new_tokens, DriftMonitor(tau=args.tau, alpha=args.alpha, risk=risk), anchor())
         width = max(len("without steering"), 16)
         print(f"{'without steering':<{width}}  {decode(plain)}")
         print(f"{'with steering':<{width}}  {decode(steered)}")
         plain = steered
     tokens = [processor.tokenizer.decode([t]) for t in plain[0, 1:].tolist()]
-    print(drift_table(run, tokens))
-    for path in write_pictures(run, image, Path(args.out)):
+    threshold = None if risk is None else risk.meta.get("threshold")
+    print(drift_table(run, tokens, threshold=threshold))
+    for path in write_pictures(run, image, Path(args.out), tokens=tokens, threshold=threshold, tau=None if args.no_steer else args.tau):
         print(f"wrote {path}")
 
 
 # -- commands ---------------------------------------------------------------------------------
 def demo(args: argparse.Namespace) -> None:
-    from .tiny import tiny_model
-    from .tiny.llava import demo_image, processor
+    from .shapes import demo as shapes_demo
 
-    model = tiny_model("llava", "sdpa", seed=args.seed)
-    print(f"adapt-hooks {__version__} demo: a tiny random-weight LLaVA built from its config (no download), "
-          f"K={args.k}, tau={args.tau}, alpha={args.alpha}")
-    _compare(model, processor(), demo_image(args.seed), "what is in the image", args)
+    shapes_demo.main(args.seed, args.k, args.tau, args.alpha, not args.no_steer, args.max_new_tokens, Path(args.out))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -160,9 +145,11 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="adapt-hooks", description="Keep a VLM's attention on the image (ADAPT).")
     top.add_argument("--version", action="version", version=f"adapt-hooks {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias,check}")
-    p = commands.add_parser("demo", help="guarded generation on an embedded tiny model (no download)",
-                            description="Guarded generation on an embedded tiny LLaVA and a generated image: prints the "
-                            "drift table and writes anchor.png, ve.png and drift.png.")
+    p = commands.add_parser("demo", help="the shipped shapes VLM catching its own hallucination (no download)",
+                            description="The shapes VLM shipped with the package names an object that is not in a "
+                            "held-out scene: prints its answer word by word with the early-warning risk, the answers "
+                            "under the guard and VCD, and writes scene.png, anchor.png, ve.png and drift.png. --seed "
+                            "picks the scenes.")
     _common(p)
     p.set_defaults(handler=demo)
     p = commands.add_parser("run", help="a real checkpoint on one image, with and without steering",

@@ -27,8 +27,9 @@ FEATURES = ("visual_mass", "mass_ratio", "amc", "hhi", "change_rate", "confidenc
 
 @dataclass
 class RiskModel:
-    """``risk = sigmoid(w · (x − mean) / std + b)`` over :data:`FEATURES`; ``model_type`` and
-    ``n_layers`` name the architecture it was fitted for (``None``: any)."""
+    """``risk = sigmoid(w · (x − mean) / std + b)`` over :data:`FEATURES`; ``model_type``,
+    ``n_layers`` (decoder layers) and ``hidden_size`` (of the decoder) name the architecture it was
+    fitted for (``None``: any)."""
 
     weights: torch.Tensor
     bias: float = 0.0
@@ -37,6 +38,7 @@ class RiskModel:
     model_type: str | None = None
     n_layers: int | None = None
     meta: dict | None = None
+    hidden_size: int | None = None
 
     def __post_init__(self) -> None:
         self.meta = {} if self.meta is None else dict(self.meta)
@@ -70,16 +72,16 @@ class RiskModel:
 
     def check(self, model: nn.Module) -> None:
         """Refuse ``model`` if this risk model was fitted for another architecture."""
-        config = model.config
-        layers = getattr(config.get_text_config(), "num_hidden_layers", None)
-        if self.model_type is not None and (config.model_type != self.model_type or (self.n_layers and layers != self.n_layers)):
+        fitted, given = (self.model_type, self.n_layers, self.hidden_size), architecture(model)
+        if any(f is not None and f != g for f, g in zip(fitted, given)):
             raise ValueError(
-                f"This risk model was fitted for {self.model_type} with {self.n_layers} decoder layers, not for "
-                f"{config.model_type} with {layers}: fit one for this model with adapt_hooks.fit_risk(model, examples)."
+                f"This risk model was fitted for {_describe(fitted)}, not for {_describe(given)}: fit one for this model "
+                "with adapt_hooks.fit_risk(model, examples)."
             )
 
     def save(self, path: str | os.PathLike) -> None:
-        meta = {**self.meta, "bias": self.bias, "model_type": self.model_type, "n_layers": self.n_layers, "features": list(FEATURES)}
+        meta = {**self.meta, "bias": self.bias, "model_type": self.model_type, "n_layers": self.n_layers,
+                "hidden_size": self.hidden_size, "features": list(FEATURES)}  # fmt: skip
         persistence.save(path, KIND, {"weights": self.weights, "mean": self.mean, "std": self.std}, meta)
 
     @classmethod
@@ -88,12 +90,23 @@ class RiskModel:
         tensors, meta = persistence.load(path, KIND, ("weights", "mean", "std"))
         if meta.get("features") != list(FEATURES):
             raise ValueError(f"{os.fspath(path)!r} reads features {meta.get('features')}, this adapt-hooks reads {list(FEATURES)}.")
-        extra = {k: v for k, v in meta.items() if k not in ("bias", "model_type", "n_layers", "features", "version")}
+        extra = {k: v for k, v in meta.items() if k not in ("bias", "model_type", "n_layers", "hidden_size", "features", "version")}
         risk = cls(tensors["weights"], float(meta.get("bias", 0.0)), tensors["mean"], tensors["std"],
-                   meta.get("model_type"), meta.get("n_layers"), extra)  # fmt: skip
+                   meta.get("model_type"), meta.get("n_layers"), extra, meta.get("hidden_size"))  # fmt: skip
         if model is not None:
             risk.check(model)
         return risk
+
+
+def architecture(model: nn.Module) -> tuple[str, int | None, int | None]:
+    """``(model_type, decoder layers, decoder hidden size)``: what a risk model is fitted for."""
+    text = model.config.get_text_config()
+    return model.config.model_type, getattr(text, "num_hidden_layers", None), getattr(text, "hidden_size", None)
+
+
+def _describe(arch: tuple) -> str:
+    model_type, layers, hidden = arch
+    return f"{model_type or 'any model'}" + (f" with {layers} decoder layers" if layers else "") + (f" of width {hidden}" if hidden else "")
 
 
 class RiskStopping(StoppingCriteria):

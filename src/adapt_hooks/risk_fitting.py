@@ -12,7 +12,7 @@ from torch import nn
 from .anchor import Anchor
 from .hooks.guard import guard
 from .monitor import DriftMonitor
-from .risk import RiskModel
+from .risk import RiskModel, architecture
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, *, l2: float = 1e-3, steps: int = 200) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
@@ -60,8 +60,8 @@ def fit_risk(model: nn.Module, examples: Iterable[Mapping[str, object]], *, anch
     if not ys or len(set(ys)) < 2:
         raise ValueError("fit_risk needs labelled tokens of both kinds (1: hallucinated, 0: correct) after the anchor phase.")
     w, b, mean, std = fit_logistic(torch.stack(xs), torch.tensor(ys), l2=l2)
-    layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    return RiskModel(w, b, mean, std, model.config.model_type, layers, {"fitted_on_tokens": len(ys), "positives": int(sum(ys))})
+    model_type, layers, hidden = architecture(model)
+    return RiskModel(w, b, mean, std, model_type, layers, {"fitted_on_tokens": len(ys), "positives": int(sum(ys))}, hidden)
 
 
 @torch.no_grad()

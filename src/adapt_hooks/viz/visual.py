@@ -76,8 +76,11 @@ def colormap(values: torch.Tensor) -> torch.Tensor:
     return stops[low] * (1 - frac) + stops[low + 1] * frac
 
 
-def heatmap(image, grids: list[torch.Tensor], boxes: list, opacity: float = 0.5):
-    """``image`` blended with the colour-mapped anchor grids (``opacity`` of the heat map)."""
+def heatmap(image, grids: list[torch.Tensor], boxes: list, opacity: float = 0.6):
+    """``image`` under the colour-mapped anchor grids, translucent in proportion to the anchor:
+    ``opacity · m`` of the heat map where the anchor is ``m``, so the image stays visible where the
+    anchor is low and shows through everywhere for ``opacity < 1``."""
     pixels = _to_tensor(image)
-    colours = colormap(_mask(grids, image.size, boxes))
-    return _to_image(pixels * (1 - opacity) + colours * opacity)
+    mask = _mask(grids, image.size, boxes)
+    alpha = opacity * mask[..., None]
+    return _to_image(pixels * (1 - alpha) + colormap(mask) * alpha)

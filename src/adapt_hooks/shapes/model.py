@@ -2,7 +2,9 @@
 
 Vision: CLIP, 48 px images, patch 8 -> 6 x 6 = 36 image tokens (CLS dropped), hidden 128,
 3 layers, 4 heads. Text: Llama, hidden 128, 4 layers, 4 heads, MLP 384, tied embeddings, a
-30-word vocabulary. About 1.3 M parameters; stored as fp32 safetensors in :data:`WEIGHTS_DIR`.
+30-word vocabulary. About 1.3 M parameters; stored as fp32 safetensors in :data:`WEIGHTS_DIR`, trained
+by ``benchmarks/train_tiny_vlm.py``, with the early-warning risk model fitted for it
+(:data:`RISK_FILE`, written by ``benchmarks/hallucination.py --save-risk``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from . import text
 from .world import IMAGE_SIZE
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+RISK_FILE = WEIGHTS_DIR / "risk.safetensors"
 
 
 def build_config():
@@ -71,6 +74,13 @@ def load_processor(path: str | Path = WEIGHTS_DIR):
         return AutoProcessor.from_pretrained(str(path))
     except (OSError, ValueError):
         return text.build_processor()
+
+
+def load_risk(model=None):
+    """The risk model fitted for the shipped weights (refused for any other model when given)."""
+    from ..risk import RiskModel
+
+    return RiskModel.load(RISK_FILE, model)
 
 
 def n_parameters(model) -> int:

@@ -60,6 +60,13 @@ def mentions(ids: Sequence[int]) -> set[tuple[str, str]]:
     return {(a, b) for a, b in zip(words, words[1:]) if a in COLOURS and b in SHAPES}
 
 
+def mention_steps(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``(index of the colour word, kind)`` of each kind mention of a generated caption; every
+    kind has its own colour, so the colour word is where the caption commits to a kind."""
+    words = [VOCAB[i] for i in ids]
+    return [(j, KINDS.index((a, b))) for j, (a, b) in enumerate(zip(words, words[1:])) if (a, b) in KINDS]
+
+
 def mentioned_kinds(ids: Sequence[int]) -> set[int]:
     """Kinds named in a generated text."""
     return {KINDS.index(m) for m in mentions(ids) if m in KINDS}
