@@ -40,7 +40,7 @@ def test_failed_compilation_falls_back_to_eager(llava, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     step = decode.compiled(decode.observe)
-    monkeypatch.setattr(decode, "compiled_observe", lambda: step)
+    monkeypatch.setattr(decode, "compiled_observe", lambda: (step, decode.compiled(decode.observe_probs)))
     expected, _ = _steered(llava, DriftMonitor(tau=1.2))
     with pytest.warns(UserWarning, match="torch.compile of the decode step failed.*no compiler here") as caught:
         out, monitor = _steered(llava, DriftMonitor(tau=1.2, compile=True))

@@ -26,6 +26,26 @@ def test_observe_only_is_bit_identical(model, batch):
     assert run.monitor.intervention_rate == 0.0
 
 
+def test_observe_only_reads_the_probabilities_an_eager_kernel_returns(model, monkeypatch):
+    """Observing alone takes the eager kernel's own attention weights (no second product of the
+    query with the keys) and records what recomputing them from the query and keys records."""
+    from adapt_hooks import signals
+
+    inputs = tiny_inputs(model, 2)
+    with adapt_hooks.guard(model, monitor=DriftMonitor(tau=0.0)) as recomputed:  # a method is active: recomputed
+        generate(model, inputs)
+    products = []
+    original = signals.attention_logits
+    monkeypatch.setattr(signals, "attention_logits", lambda *a, **k: products.append(1) or original(*a, **k))
+    with adapt_hooks.guard(model, monitor=DriftMonitor(steer=False)) as observed:
+        generate(model, inputs)
+    assert (len(products) == 0) == (model.config._attn_implementation == "eager")
+    for name in ("amc", "visual_mass", "hhi", "change_rate"):
+        torch.testing.assert_close(observed.monitor.history[name], recomputed.monitor.history[name], atol=1e-5, rtol=1e-4,
+                                   equal_nan=True, msg=name)  # fmt: skip
+    torch.testing.assert_close(observed.anchor.weights, recomputed.anchor.weights, atol=1e-3, rtol=0)  # min-max scaled
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_high_tau_steers_and_changes_logits(model, batch):
     inputs = tiny_inputs(model, batch)

@@ -103,6 +103,9 @@ class _FakeGuard:
         self.boost = torch.expm1(prior)
         self.seen = []
 
+    def edits(self, slot):
+        return True
+
     def decode_step(self, slot, query, key, attention_mask, scaling, softcap):
         terms = torch.ones(B, 5, 2)
         logits, probs, total, _, normalised, score, _ = decode.observe(

@@ -42,7 +42,15 @@ def observe(
     logits = signals.attention_logits(query, key, attention_mask, scaling, softcap)
     if perturb is not None:
         logits = perturb(logits)
-    probs = signals.softmax(logits)
+    return (logits, *observe_probs(signals.softmax(logits), positions, valid, terms))
+
+
+def observe_probs(
+    probs: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, terms: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """:func:`observe` from probabilities the attention kernel already computed (``[B, H_kv, G,
+    kv]``; the eager kernel returns them): the same results but the logits, read once."""
+    probs = probs.float()
     attention = signals.image_attention_total(probs, positions, valid)
     mass = attention.sum(-1, keepdim=True)
     normalised = attention / mass.clamp_min(signals.TINY)
@@ -52,7 +60,7 @@ def observe(
     else:
         products = torch.bmm((normalised * normalised).unsqueeze(1), terms)  # [B, 1, 2]: Σ â² w, Σ â²
         score, hhi = products[..., 0], products[..., 1]
-    return logits, probs, attention, mass, normalised, score, hhi
+    return probs, attention, mass, normalised, score, hhi
 
 
 def history_row(
@@ -71,9 +79,9 @@ def history_row(
 
 
 @functools.cache
-def compiled_observe() -> Callable:
-    """:func:`observe` through ``torch.compile``, made once per process."""
-    return compiled(observe)
+def compiled_observe() -> tuple[Callable, Callable]:
+    """:func:`observe` and :func:`observe_probs` through ``torch.compile``, made once per process."""
+    return compiled(observe), compiled(observe_probs)
 
 
 def compiled(fn: Callable) -> Callable:

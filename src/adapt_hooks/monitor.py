@@ -77,7 +77,7 @@ class DriftMonitor:
         self.keep_history = bool(history)
         self.steering = steering
         self.compile = bool(compile)
-        self._observe = decode.compiled_observe() if self.compile else decode.observe
+        self._observe, self._observe_probs = decode.compiled_observe() if self.compile else (decode.observe, decode.observe_probs)
         if risk is not None and not isinstance(risk, RiskModel):
             raise TypeError(f"DriftMonitor(risk=...) must be an adapt_hooks.RiskModel, got {type(risk).__name__}.")
         self.risk_model = risk
@@ -124,14 +124,22 @@ class DriftMonitor:
         valid: torch.Tensor | None,
         anchor: Anchor | None,
         perturb: Callable | None = None,
+        probs: torch.Tensor | None = None,
     ) -> AttentionStep:
-        """Observe one (step, layer) from the new query and the keys; ``anchor`` is the prompt's
-        built anchor from the first monitored step on, ``None`` during the anchor phase;
-        ``perturb`` is the corruption the layer's kernel applies to its logits (a stress test)."""
+        """Observe one (step, layer) from the new query and the keys, or from ``probs`` ``[B, H,
+        1, kv]`` when the layer's kernel returned them (then the step has no logits of its own);
+        ``anchor`` is the prompt's built anchor from the first monitored step on, ``None`` during
+        the anchor phase; ``perturb`` is the corruption the layer's kernel applies to its logits
+        (a stress test; already in kernel ``probs``)."""
         state = None if anchor is None else self._slot(slot, anchor, query.device)
-        logits, probs, total, mass, normalised, score, hhi = self._observe(
-            query, key, attention_mask, scaling, softcap, positions, valid, None if state is None else state.terms, perturb
-        )
+        terms = None if state is None else state.terms
+        if probs is None:
+            logits, probs, total, mass, normalised, score, hhi = self._observe(
+                query, key, attention_mask, scaling, softcap, positions, valid, terms, perturb
+            )
+        else:
+            logits = None
+            probs, total, mass, normalised, score, hhi = self._observe_probs(probs, positions, valid, terms)
         step = AttentionStep(slot, layer, logits, probs, positions, valid, total, None if state is None else score)
         step.observation = (normalised, score, mass / (probs.shape[1] * probs.shape[2]), hhi)
         if self._last_risk is not None:

@@ -373,6 +373,10 @@ class Guard(Installed):
             cached = self._layout_by_device[device] = (layout.positions.to(device), valid)
         return cached
 
+    def edits(self, slot: int) -> bool:
+        """Whether a method may edit hooked layer ``slot``'s attention in this prompt."""
+        return bool(self._active[slot])
+
     def decode_step(
         self,
         slot: int,
@@ -381,16 +385,18 @@ class Guard(Installed):
         attention_mask: torch.Tensor | None,
         scaling: float,
         softcap: float | None,
+        probs: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """One hooked layer's decode step: the monitor observes it (recording it for the anchor
-        during the anchor phase), the methods of this layer edit it in list order; returns the
-        probabilities to attend with, or ``None`` when no method edited it."""
+        """One hooked layer's decode step: the monitor observes it (from the kernel's ``probs``
+        when it returned them; recording it for the anchor during the anchor phase), the methods
+        of this layer edit it in list order; returns the probabilities to attend with, or ``None``
+        when no method edited it."""
         positions, valid = self.positions_on(query.device)
         monitoring = self._step > self.anchor.recording_steps and self.anchor.ready
         anchor = self.anchor if monitoring else None
         perturbation = perturb.of(self._modules[slot])  # a stress test's corruption of this layer's kernel
         step = self.monitor.observe(
-            slot, self.layers[slot], query, key, attention_mask, scaling, softcap, positions, valid, anchor, perturbation
+            slot, self.layers[slot], query, key, attention_mask, scaling, softcap, positions, valid, anchor, perturbation, probs
         )
         if not monitoring:
             self.anchor.record(slot, step.attention, last_layer=slot == len(self.layers) - 1)

@@ -2,9 +2,9 @@
 
 Prefill calls, un-hooked layers and inactive guards go straight to the model's original
 implementation. A decode step (one new query per row) of a hooked layer is observed; observing
-alone still hands the step to the original kernel (so the output is bit-identical), while a
-steering guard attends with the probabilities it has just computed and steered, which reads the
-keys once instead of twice.
+alone still hands the step to the original kernel (so the output is bit-identical) and reads the
+probabilities the kernel returns when it returns them (eager), while a steering guard attends
+with the probabilities it has just computed and steered, which reads the keys once instead of twice.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ class StepHandler(Protocol):
     @property
     def main_rows(self) -> int | None: ...
 
+    def edits(self, slot: int) -> bool: ...
+
     def decode_step(
         self, slot: int, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None,
-        scaling: float, softcap: float | None,
+        scaling: float, softcap: float | None, probs: torch.Tensor | None = None,
     ) -> torch.Tensor | None: ...
 
 #: Interceptors currently registered, by their registered name (lets nested guards find the
@@ -109,6 +111,12 @@ class Interceptor:
         rows = self.guard.main_rows  # contrast rows after the user's go to the model's kernel untouched
         main = slice(None) if rows is None else slice(None, rows)
         mask = None if attention_mask is None else attention_mask[main]
+        if not self.guard.edits(slot):  # observe only: the kernel's own output, and its weights when it returns them
+            out, weights = self.base(module, query, key, value, attention_mask, **kwargs)
+            probs = weights[main] if weights is not None and not kwargs.get("dropout") and weights.shape[-2] == 1 else None
+            with torch.no_grad():
+                self.guard.decode_step(slot, query[main], key[main], mask, scaling, kwargs.get("softcap"), probs)
+            return out, weights
         with torch.no_grad():
             steered = self.guard.decode_step(slot, query[main], key[main], mask, scaling, kwargs.get("softcap"))
         if steered is None:

@@ -108,6 +108,7 @@ def main(seed: int = 0, k: int = 5, tau: float = 0.6, alpha: float = 0.5, steer:
         width = max(len(name) for name, _, _ in rows)
         for name, caption, extra in rows:
             say(f"  {name:<{width}}  {caption.words}\n  {'':<{width}}  -> {caption.verdict()}{extra}")
+        say("One scene is an anecdote: how often each method helps over hundreds of such scenes is in docs/evidence.md.")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
