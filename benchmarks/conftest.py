@@ -86,4 +86,4 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("adapt-hooks: guarded / baseline (medians of this run)")
     for (group, variant), (value, target) in sorted(RATIOS.items()):
         verdict = "" if target is None else ("  within target" if value <= target else f"  ABOVE target {target:.2f}x")
-        terminalreporter.write_line(f"{group:42s} {variant:22s} {value:6.2f}x{verdict}")
+        terminalreporter.write_line(f"{group:42s} {variant:22s} {value:7.3f}x{verdict}")

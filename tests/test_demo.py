@@ -107,3 +107,13 @@ def test_the_wheel_ships_the_weights():
     files = sorted(p.name for p in WEIGHTS_DIR.iterdir())
     assert {"model.safetensors", "processor_config.json", "tokenizer.json", RISK_FILE.name} <= set(files)
     assert all(any(Path("weights", f).match(p) for p in patterns) for f in files)
+
+
+def test_the_readme_first_example_prints_what_the_readme_shows(capsys):
+    """The README opens with the shipped model catching its hallucination; its printed output is
+    the one the README shows under it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"```python\n(.*?)```\n\n```text\n(.*?)```", readme, re.S)
+    assert found and found.start() == readme.index("```python") and "load_risk" in found.group(1), "the first example shows the risk"
+    exec(compile(found.group(1), "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == found.group(2).strip()

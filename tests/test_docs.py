@@ -13,7 +13,8 @@ The rules (a new page is picked up automatically):
   runs, ``from_pretrained`` of transformers' model classes, Auto model classes and processors
   returns the tiny model (processor) of the checkpoint's family (``CHECKPOINTS``; loading options
   such as ``dtype`` or ``device_map`` are ignored), so a block can show the code for a real
-  checkpoint. A checkpoint the table does not know fails the test.
+  checkpoint. A checkpoint the table does not know fails the test; the shapes model shipped in
+  the package (``adapt_hooks.shapes``) loads for real.
 * ``bash`` blocks: each command (``&&`` separates commands; ``#`` comments and ``VAR=value``
   prefixes are dropped) must be one of
   - ``adapt-hooks demo ...``, or any ``adapt-hooks`` command with ``--help`` or ``--version``: run
@@ -183,16 +184,32 @@ def checkpoints_are_tiny(monkeypatch):
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
     from transformers.processing_utils import ProcessorMixin
 
+    from adapt_hooks.shapes.model import WEIGHTS_DIR
     from adapt_hooks.tiny import tiny_model
     from adapt_hooks.tiny.llava import processor as tiny_processor
 
+    owners = (PreTrainedModel, _BaseAutoModelClass, AutoProcessor, ProcessorMixin)
+    originals = {owner: owner.__dict__["from_pretrained"].__func__ for owner in owners}
+
+    def shipped(cls, checkpoint, *args, **options):
+        """The package's own shapes model loads for real: it is on disk, no download."""
+        owner = next(o for o in cls.__mro__ if o in originals)
+        return originals[owner](cls, checkpoint, *args, **options)
+
+    def is_shipped(checkpoint) -> bool:
+        return Path(str(checkpoint)).resolve() == WEIGHTS_DIR
+
     def load_model(cls, checkpoint, *args, attn_implementation=None, **options):
+        if is_shipped(checkpoint):
+            return shipped(cls, checkpoint, *args, **({"attn_implementation": attn_implementation} if attn_implementation else {}), **options)
         model = tiny_model(_family(checkpoint), attn_implementation or "sdpa")
         if issubclass(cls, PreTrainedModel) and not isinstance(model, cls):
             raise AssertionError(f"{cls.__name__}.from_pretrained({checkpoint!r}): its tiny model is a {type(model).__name__}")
         return model
 
     def load_processor(cls, checkpoint, *args, **options):
+        if is_shipped(checkpoint):
+            return shipped(cls, checkpoint, *args, **options)
         family = _family(checkpoint)
         if family not in TINY_PROCESSORS:
             raise AssertionError(f"no tiny processor for {family!r} ({checkpoint!r}); use a LLaVA checkpoint in the docs")

@@ -57,21 +57,23 @@ def _generation_defaults(model) -> None:
     model.generation_config.bos_token_id = text.BOS
 
 
-def load_model(path: str | Path = WEIGHTS_DIR, attn_implementation: str = "eager"):
-    """The stored model through transformers' normal loading path, in eval mode."""
+def load_model(path: str | Path | None = None, attn_implementation: str = "eager"):
+    """The stored model (``path``: the shipped :data:`WEIGHTS_DIR`, or a folder of retrained
+    weights) through transformers' normal loading path, in eval mode."""
     from transformers import LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), attn_implementation=attn_implementation)
+    model = LlavaForConditionalGeneration.from_pretrained(str(path or WEIGHTS_DIR), attn_implementation=attn_implementation)
     _generation_defaults(model)
     return model.eval()
 
 
-def load_processor(path: str | Path = WEIGHTS_DIR):
-    """The stored processor (``AutoProcessor``), falling back to building it from code."""
+def load_processor(path: str | Path | None = None):
+    """The stored processor (``AutoProcessor``; ``path`` as in :func:`load_model`), falling back
+    to building it from code."""
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(str(path))
+        return AutoProcessor.from_pretrained(str(path or WEIGHTS_DIR))
     except (OSError, ValueError):
         return text.build_processor()
 
