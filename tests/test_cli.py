@@ -138,7 +138,7 @@ def test_check_exits_1_naming_what_changed(monkeypatch, capsys):
     assert len(err.strip().splitlines()) == 1 and "1 of 2 checks failed" in err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["debias"], ["check"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"], ["debias"], ["check"], ["coverage"]])
 def test_help_on_every_command(command):
     result = cli(*command, "--help")
     assert result.returncode == 0 and "usage: adapt-hooks" in result.stdout

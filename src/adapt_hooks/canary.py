@@ -60,7 +60,7 @@ def trace(model_type: str = "llava") -> Trace:
     model = tiny_model(model_type, "sdpa")
     inputs = tiny_inputs(model, 2)
     record = Trace(prompt_length=inputs["input_ids"].shape[1])
-    first = get_adapter(model).attention_modules(model)[0]
+    first = next(m for m in get_adapter(model).attention_modules(model) if m is not None)
     record.eager = compat.eager_attention(first) is not None
     sdpa = compat.attention_function("sdpa")
 

@@ -1,7 +1,7 @@
 """The ``adapt-hooks`` command: ``demo`` (the shipped shapes VLM, no download), ``run`` (a real
-checkpoint on one image), ``debias`` (estimate a debias mask) and ``check`` (is the installed
-transformers one the guard works with). Bad input ends with one clear line on stderr and exit
-status 2; a failed check with exit status 1."""
+checkpoint on one image), ``debias`` (estimate a debias mask), ``check`` (is the installed
+transformers one the guard works with) and ``coverage`` (which model types it supports). Bad
+input ends with one clear line on stderr and exit status 2; a failed check with exit status 1."""
 
 from __future__ import annotations
 
@@ -119,6 +119,14 @@ def check(args: argparse.Namespace) -> None:
         )
 
 
+def coverage(args: argparse.Namespace) -> None:
+    """Print how the installed transformers' image-text-to-text model types are covered (markdown)."""
+    from . import coverage as report
+
+    print(f"adapt-hooks {__version__} on transformers {compat.INSTALLED}:\n")
+    print(report.markdown(report.report()))
+
+
 class CheckFailed(Exception):
     """``check`` found an internal that changed: printed as one line, exit status 1."""
 
@@ -144,7 +152,7 @@ def _loading(parser: argparse.ArgumentParser) -> None:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="adapt-hooks", description="Keep a VLM's attention on the image (ADAPT).")
     top.add_argument("--version", action="version", version=f"adapt-hooks {__version__}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias,check}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias,check,coverage}")
     p = commands.add_parser("demo", help="the shipped shapes VLM catching its own hallucination (no download)",
                             description="The shapes VLM shipped with the package names an object that is not in a "
                             "held-out scene: prints its answer word by word with the early-warning risk, the answers "
@@ -173,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
                             "(cache keyword, prefill images, attention call, mask interface, reorder_cache) and name "
                             "what changed. Exit status 1 when something did.")
     p.set_defaults(handler=check)
+    p = commands.add_parser("coverage", help="which of transformers' image-text-to-text model types the guard supports",
+                            description="Classify every model type of the installed transformers' image-text-to-text "
+                            "mapping: supported (an adapter and the conformance battery), generic-only (guard(model, "
+                            "adapter='generic')) or not applicable (with the reason). Prints a markdown table.")
+    p.set_defaults(handler=coverage)
     return top
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter, RepeatedGridAdapter
-from .aya_vision import AyaVisionAdapter
+from .aya_vision import AyaVisionAdapter, Cohere2VisionAdapter
+from .deepseek_vl import DeepseekVLAdapter
+from .generic import GenericAdapter
 from .gemma3 import Gemma3Adapter
-from .glm4v import Glm4vAdapter
+from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
-from .llava import LlavaAdapter
+from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -45,9 +48,24 @@ def get_adapter(model: nn.Module) -> Adapter:
         raise ValueError(
             f"adapt-hooks has no adapter for model_type {model_type!r} ({type(model).__name__}). "
             f"Supported model types: {', '.join(supported_models())}. "
-            "Register one with adapt_hooks.register_adapter(...)."
+            'Register one with adapt_hooks.register_adapter(...), or try guard(model, adapter="generic") (any decoder '
+            "whose prompt carries image placeholder tokens; see docs/adapters.md)."
         )
     return _REGISTRY[model_type]
+
+
+def resolve_adapter(model: nn.Module, adapter: Adapter | str | None = None) -> Adapter:
+    """``guard(adapter=...)``: the registered adapter of ``model`` (``None``), the generic fallback
+    (``"generic"``), or an :class:`Adapter` instance used as given."""
+    if adapter is None:
+        return get_adapter(model)
+    if isinstance(adapter, Adapter):
+        return adapter
+    if adapter == "generic":
+        generic = GenericAdapter()
+        generic.image_token_id(model.config)  # refuse now a model without placeholder tokens
+        return generic
+    raise ValueError(f'adapter= must be None, "generic" or an adapt_hooks.Adapter, got {adapter!r}.')
 
 
 for _adapter in (
@@ -56,6 +74,7 @@ for _adapter in (
     LlavaOnevisionAdapter(),
     Qwen2VLAdapter(),
     Qwen3VLAdapter(),
+    Qwen3_5Adapter(),
     Glm4vAdapter(),
     Idefics3Adapter(),
     MllamaAdapter(),
@@ -64,7 +83,11 @@ for _adapter in (
     InternVLAdapter(),
     Mistral3Adapter(),
     AyaVisionAdapter(),
+    Cohere2VisionAdapter(),
+    DeepseekVLAdapter(),
+    Glm46vAdapter(),
+    VideoLlavaAdapter(),
 ):
     register_adapter(_adapter)
 
-__all__ = ["Adapter", "RepeatedGridAdapter", "get_adapter", "register_adapter", "supported_models"]
+__all__ = ["Adapter", "GenericAdapter", "RepeatedGridAdapter", "get_adapter", "register_adapter", "resolve_adapter", "supported_models"]

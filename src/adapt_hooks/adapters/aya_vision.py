@@ -1,4 +1,5 @@
-"""Aya Vision (``aya_vision``): SigLIP tiles pixel-shuffled into square grids, Cohere2 text.
+"""Aya Vision (``aya_vision``) and Command A Vision (``cohere2_vision``): SigLIP tiles pixel-shuffled
+into square grids, Cohere2 text.
 
 A tile of ``vision_config.image_size`` 364 px with patch 14 gives 26x26 patches, shuffled by
 ``downsample_factor`` 2 into 13x13 = 169 tokens, row-major. An image reaches the prompt as
@@ -30,3 +31,11 @@ class AyaVisionAdapter(RepeatedGridAdapter):
         vision = config.vision_config
         side = vision.image_size // vision.patch_size // config.downsample_factor
         return side, side
+
+
+class Cohere2VisionAdapter(AyaVisionAdapter):
+    """Command A Vision: Aya Vision's tiles (512 px, patch 16, shuffled by 2 into 16x16 = 256
+    tokens) and thumbnail, each a grid of its own."""
+
+    model_types = ("cohere2_vision",)
+    example_checkpoint = "CohereLabs/command-a-vision-07-2025"

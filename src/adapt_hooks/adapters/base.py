@@ -11,17 +11,23 @@ from torch import nn
 from ..layout import Grid, GridSpec, ImageLayout
 
 
+#: ``layer_types`` of attention layers whose KV cache keeps every token (sliding ones only when wide).
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
 def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
     """Layers whose KV cache holds every token of any sequence the model supports: full-attention
     layers (``layer_types``), and sliding-window layers whose window is at least
-    ``max_position_embeddings``; every layer of a model without a sliding window."""
+    ``max_position_embeddings``; every layer of a model without ``layer_types`` or a sliding
+    window. Linear-attention, convolution and chunked-attention layers (hybrid decoders) keep no
+    such cache and are never among them."""
     window = getattr(text_config, "sliding_window", None)
     max_positions = getattr(text_config, "max_position_embeddings", None)
     wide = window is None or (max_positions is not None and window >= max_positions)
     layer_types = getattr(text_config, "layer_types", None)
     if layer_types is None:
         return list(range(n_layers)) if wide else []
-    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == "full_attention" or wide]
+    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == FULL or (kind == SLIDING and wide)]
 
 
 class Adapter:
@@ -33,25 +39,32 @@ class Adapter:
     #: An example checkpoint, for documentation and error messages.
     example_checkpoint: str = ""
 
-    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
-        """The text decoder's self-attention modules, in layer order."""
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The text decoder's layers (``model.get_decoder().layers``)."""
         decoder = model.get_decoder()
         layers = getattr(decoder, "layers", None)
         if layers is None:
             raise ValueError(f"{type(model).__name__}: its decoder {type(decoder).__name__} has no `.layers`.")
-        return [layer.self_attn for layer in layers]
+        return layers
 
-    def hookable_layers(self, model: nn.Module, modules: list[nn.Module]) -> list[int]:
+    def attention_modules(self, model: nn.Module) -> list[nn.Module | None]:
+        """The text decoder's self-attention modules, in layer order; ``None`` for a layer without
+        one (the linear-attention or convolution layers of a hybrid decoder)."""
+        return [getattr(layer, "self_attn", None) for layer in self.decoder_layers(model)]
+
+    def hookable_layers(self, model: nn.Module, modules: list[nn.Module | None]) -> list[int]:
         """Indices of the layers whose keys include the image tokens at every decode step (the
-        default ``layers`` of a guard): the layers whose cache keeps every token (see
+        default ``layers`` of a guard): the attention layers whose cache keeps every token (see
         :func:`cache_keeping_layers`); a clear error when there are none."""
         text_config = model.config.get_text_config()
-        layers = cache_keeping_layers(text_config, len(modules))
+        layers = [i for i in cache_keeping_layers(text_config, len(modules)) if modules[i] is not None]
         if not layers:
+            kinds = getattr(text_config, "layer_types", None)
+            what = (f"its text layers are {', '.join(sorted(set(kinds[: len(modules)])))}" if kinds else
+                    f"every text layer uses a sliding window of {getattr(text_config, 'sliding_window', None)} tokens")
             raise ValueError(
-                f"{model.config.model_type}: every text layer uses a sliding window of "
-                f"{getattr(text_config, 'sliding_window', None)} tokens (no full-attention layer), so no layer keeps "
-                "the image keys for the whole generation."
+                f"{model.config.model_type}: {what} (no full-attention layer whose cache keeps every token), so no layer "
+                "keeps the image keys for the whole generation; adapt-hooks cannot watch this model."
             )
         return layers
 

@@ -1,4 +1,4 @@
-"""GLM-4.1V (``glm4v``) and GLM-4.5V (``glm4v_moe``): dynamic resolution, one grid per image.
+"""GLM-4.1V (``glm4v``), GLM-4.5V (``glm4v_moe``) and GLM-4.6V (``glm46v``): dynamic resolution, one grid per image.
 
 The vision tower cuts an image into patches of ``patch_size`` = 14 px and merges each
 ``spatial_merge_size`` x ``spatial_merge_size`` = 2x2 block into one token, so the language model
@@ -35,3 +35,8 @@ class Glm4vAdapter(Qwen2VLAdapter):
             return is_token
         in_video = (input_ids == start).cumsum(-1) > (input_ids == end).cumsum(-1)
         return is_token & ~in_video
+
+
+class Glm46vAdapter(Glm4vAdapter):
+    model_types = ("glm46v",)
+    example_checkpoint = "zai-org/GLM-4.6V-Flash"

@@ -1,4 +1,6 @@
-"""LLaVA-1.5 (``llava``): one square grid per image, e.g. 24x24 = 576 tokens for CLIP-L/14 at 336 px."""
+"""LLaVA-1.5 (``llava``) and the images of Video-LLaVA (``video_llava``): one square grid per image,
+e.g. 24x24 = 576 tokens for CLIP-L/14 at 336 px (16x16 for Video-LLaVA at 224 px). Video-LLaVA's
+video frames (``<video>`` tokens) are not image keys."""
 
 from __future__ import annotations
 
@@ -18,3 +20,8 @@ class LlavaAdapter(RepeatedGridAdapter):
             )
         side = config.vision_config.image_size // config.vision_config.patch_size
         return side, side
+
+
+class VideoLlavaAdapter(LlavaAdapter):
+    model_types = ("video_llava",)
+    example_checkpoint = "LanguageBind/Video-LLaVA-7B-hf"

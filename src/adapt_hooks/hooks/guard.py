@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import compat
-from ..adapters import get_adapter
+from ..adapters import Adapter, resolve_adapter
 from ..anchor import Anchor
 from ..layout import ImageLayout
 from ..methods.base import Method, Prompt
@@ -45,11 +45,12 @@ class Guard(Installed):
         monitor: DriftMonitor | None = None,
         layers: Iterable[int] | None = None,
         methods: Sequence[Method] | None = None,
+        adapter: Adapter | str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"guard() expects a transformers model (torch.nn.Module), got {type(model).__name__}.")
         self.model = model
-        self.adapter = get_adapter(model)
+        self.adapter = resolve_adapter(model, adapter)
         self.anchor = Anchor() if anchor is None else anchor
         self.monitor = DriftMonitor() if monitor is None else monitor
         if not isinstance(self.anchor, Anchor):
@@ -452,6 +453,7 @@ def guard(
     monitor: DriftMonitor | None = None,
     layers: Iterable[int] | None = None,
     methods: Sequence[Method] | None = None,
+    adapter: Adapter | str | None = None,
 ) -> Guard:
     """Watch (and, by default, steer) the text-to-image attention of ``model`` inside a ``with`` block.
 
@@ -463,5 +465,8 @@ def guard(
     ``layers`` restricts hooking to those decoder-layer indices (default: all). ``methods`` runs
     the given decoding methods in list order instead of the monitor's ADAPT steering (for example
     ``[adapt_hooks.ADAPT(), adapt_hooks.VCD()]``); the monitor observes alongside them.
+    ``adapter="generic"`` watches a model type without an adapter of its own through the generic
+    fallback (:class:`adapt_hooks.adapters.GenericAdapter`); an :class:`~adapt_hooks.Adapter`
+    instance is used as given.
     """
-    return Guard(model, anchor=anchor, monitor=monitor, layers=layers, methods=methods)
+    return Guard(model, anchor=anchor, monitor=monitor, layers=layers, methods=methods, adapter=adapter)

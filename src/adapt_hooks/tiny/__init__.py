@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_vl
+from . import aya_vision, deepseek_vl, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -49,6 +49,13 @@ register_tiny_family("qwen2_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_vl")
 register_tiny_family("qwen2_5_vl", TinyFamily(partial(qwen2_vl.config, "qwen2_5_vl"), qwen2_vl.inputs))
 register_tiny_family("qwen3_vl", TinyFamily(partial(qwen3_vl.config, "qwen3_vl"), qwen3_vl.inputs))
 register_tiny_family("qwen3_vl_moe", TinyFamily(partial(qwen3_vl.config, "qwen3_vl_moe"), qwen3_vl.inputs))
+register_tiny_family("qwen3_5", TinyFamily(partial(qwen3_5.config, "qwen3_5"), qwen3_vl.inputs))
+register_tiny_family("qwen3_5_moe", TinyFamily(partial(qwen3_5.config, "qwen3_5_moe"), qwen3_vl.inputs))
+register_tiny_family("glm46v", TinyFamily(partial(glm4v.config, "glm46v"), glm4v.glm46v_inputs))
+register_tiny_family("video_llava", TinyFamily(llava.video_llava_config, llava.video_llava_inputs))
+register_tiny_family("deepseek_vl", TinyFamily(partial(deepseek_vl.config, "deepseek_vl"), deepseek_vl.inputs))
+register_tiny_family("deepseek_vl_hybrid", TinyFamily(partial(deepseek_vl.config, "deepseek_vl_hybrid"), deepseek_vl.inputs))
+register_tiny_family("cohere2_vision", TinyFamily(partial(aya_vision.config, "cohere2_vision"), aya_vision.inputs))
 register_tiny_family("glm4v", TinyFamily(partial(glm4v.config, "glm4v"), glm4v.inputs))
 register_tiny_family("glm4v_moe", TinyFamily(partial(glm4v.config, "glm4v_moe"), glm4v.inputs))
 register_tiny_family("llava_next", TinyFamily(partial(llava_next.config, "llava_next"), llava_next.inputs))
@@ -60,7 +67,7 @@ register_tiny_family("gemma3", TinyFamily(gemma3.config, gemma3.inputs, prepare=
 register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs))
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
-register_tiny_family("aya_vision", TinyFamily(aya_vision.config, aya_vision.inputs))
+register_tiny_family("aya_vision", TinyFamily(partial(aya_vision.config, "aya_vision"), aya_vision.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:

@@ -17,7 +17,7 @@ TILES = (1, 3)
 SLIDING_WINDOW = 16
 
 
-def config():
+def config(model_type: str = "aya_vision"):
     from transformers import AyaVisionConfig, Cohere2Config, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
@@ -28,6 +28,11 @@ def config():
         **TEXT, sliding_window=SLIDING_WINDOW,
         layer_types=["sliding_attention", "full_attention"] * (TEXT["num_hidden_layers"] // 2),
     )
+    if model_type == "cohere2_vision":  # Command A Vision: the same tiles and text, its own projector
+        from transformers import Cohere2VisionConfig
+
+        return Cohere2VisionConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, downsample_factor=DOWNSAMPLE,
+                                   alignment_intermediate_size=64, pad_token_id=PAD)  # fmt: skip
     return AyaVisionConfig(
         vision_config=vision, text_config=text, image_token_index=IMAGE, downsample_factor=DOWNSAMPLE,
         vision_feature_select_strategy="full", vision_feature_layer=-1, pad_token_id=PAD,

@@ -37,8 +37,18 @@ def config(model_type: str = "glm4v"):
     config_cls = Glm4vConfig
     if model_type == "glm4v_moe":
         config_cls, text = Glm4vMoeConfig, dict(text, **MOE)
+    if model_type == "glm46v":
+        from transformers import Glm46VConfig as config_cls
     return config_cls(
         vision_config=VISION, text_config=text, image_token_id=IMAGE, video_token_id=VIDEO,
         image_start_token_id=VISION_START, image_end_token_id=VISION_END, video_start_token_id=VIDEO_START,
         video_end_token_id=VIDEO_END, pad_token_id=PAD,
     )
+
+
+def glm46v_inputs(model, batch: int, images: bool, generator):
+    """GLM-4.6V's prompts: GLM-4V's, with the ``mm_token_type_ids`` its processor returns (1 on
+    image tokens), which its M-RoPE needs."""
+    out = inputs(model, batch, images, generator)
+    out["mm_token_type_ids"] = (out["input_ids"] == IMAGE).long()
+    return out

@@ -87,3 +87,22 @@ def demo_image(seed: int = 0):
         x, y, r = rng.randrange(6, IMAGE_SIZE - 6), rng.randrange(6, IMAGE_SIZE - 6), rng.randrange(4, 9)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
     return image
+
+
+def video_llava_config():
+    """Tiny Video-LLaVA: the tiny LLaVA's CLIP tower and text, images passed as ``pixel_values_images``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=IMAGE_SIZE, patch_size=PATCH)  # fmt: skip
+    side = IMAGE_SIZE // PATCH
+    return VideoLlavaConfig(vision_config=vision, text_config=LlamaConfig(**TEXT), image_token_index=IMAGE, video_token_index=4,
+                            image_seq_length=side * side, video_seq_length=8 * (side * side + 1),
+                            vision_feature_select_strategy="default", vision_feature_layer=-1, pad_token_id=PAD)  # fmt: skip
+
+
+def video_llava_inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    out = inputs(model, batch, images, generator)
+    if images:
+        out["pixel_values_images"] = out.pop("pixel_values")
+    return out
