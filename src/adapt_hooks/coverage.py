@@ -37,13 +37,13 @@ NOT_APPLICABLE: dict[str, str] = {
 #: applies (its spatial parts are degraded).
 GENERIC_ONLY: frozenset[str] = frozenset({
     'apertus1p5', 'aria', 'blip-2', 'cohere_compass', 'cosmos3_edge', 'cosmos3_omni', 'deepseek_ocr2',
-    'dots3_note', 'ernie4_5_vl_moe', 'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'gemma4', 'gemma4_unified',
+    'dots3_note', 'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'gemma4', 'gemma4_unified',
     'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2', 'granite4_vision', 'granite_docling', 'hunyuan_vl',
     'hy_v4_vl', 'hyperclovax_vision_v2', 'idefics2', 'inkling2', 'inkling2_loop', 'inkling_mm_model',
     'instructblip', 'instructblipvideo', 'janus', 'kimi_k25', 'lfm2_vl', 'lfm3_vl', 'lighton_ocr', 'llama4',
-    'llava_next_video', 'minicpm_ocr', 'minicpmv4_6', 'minicpmv4_7', 'minimax_m3_vl', 'mistral_large4',
+    'minicpm_ocr', 'minicpmv4_6', 'minicpmv4_7', 'minimax_m3_vl', 'mistral_large4',
     'molmo2', 'muse_glimmer', 'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl', 'perception_lm',
-    'pp_chart2table', 'qianfan_ocr', 'qwen2_5_omni_thinker', 'qwen3_omni_moe_thinker', 'qwen4_exp',
+    'pp_chart2table', 'qianfan_ocr', 'qwen4_exp',
     'shieldgemma2', 'step3p7', 'unlimited_ocr', 'video_llama_3', 'vipllava',
 })
 
@@ -80,7 +80,7 @@ def report() -> list[Coverage]:
         elif model_type in NOT_APPLICABLE:
             rows.append(Coverage(model_type, "not applicable", NOT_APPLICABLE[model_type]))
         elif model_type in GENERIC_ONLY:
-            rows.append(Coverage(model_type, "generic-only", 'image placeholder tokens in a decoder: guard(model, adapter="generic")'))
+            rows.append(Coverage(model_type, "generic-only", 'image placeholder tokens in a decoder: guard(model, adapter="generic"), not tested on this type'))
         else:
             rows.append(Coverage(model_type, "unclassified", "newer than this adapt-hooks release"))
     return rows

@@ -7,18 +7,20 @@ from torch import nn
 from .base import Adapter, RepeatedGridAdapter
 from .aya_vision import AyaVisionAdapter, Cohere2VisionAdapter
 from .deepseek_vl import DeepseekVLAdapter
+from .ernie4_5_vl import Ernie45VLAdapter
 from .generic import GenericAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
-from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
+from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
+from .qwen_omni import QwenOmniThinkerAdapter
 from .qwen3_vl import Qwen3VLAdapter
 
 _REGISTRY: dict[str, Adapter] = {}
@@ -87,6 +89,9 @@ for _adapter in (
     DeepseekVLAdapter(),
     Glm46vAdapter(),
     VideoLlavaAdapter(),
+    LlavaNextVideoAdapter(),
+    QwenOmniThinkerAdapter(),
+    Ernie45VLAdapter(),
 ):
     register_adapter(_adapter)
 

@@ -158,3 +158,11 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     model_types = ("llava_onevision",)
     example_checkpoint = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
     untiled_multi_image = True
+
+
+class LlavaNextVideoAdapter(LlavaNextAdapter):
+    """LLaVA-NeXT-Video's images: LLaVA-NeXT's base grid and anyres tiles (its video frames,
+    ``<video>`` tokens, are not image keys)."""
+
+    model_types = ("llava_next_video",)
+    example_checkpoint = "llava-hf/LLaVA-NeXT-Video-7B-hf"

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -56,6 +56,10 @@ register_tiny_family("video_llava", TinyFamily(llava.video_llava_config, llava.v
 register_tiny_family("deepseek_vl", TinyFamily(partial(deepseek_vl.config, "deepseek_vl"), deepseek_vl.inputs))
 register_tiny_family("deepseek_vl_hybrid", TinyFamily(partial(deepseek_vl.config, "deepseek_vl_hybrid"), deepseek_vl.inputs))
 register_tiny_family("cohere2_vision", TinyFamily(partial(aya_vision.config, "cohere2_vision"), aya_vision.inputs))
+register_tiny_family("llava_next_video", TinyFamily(partial(llava_next.config, "llava_next_video"), llava_next.inputs))
+register_tiny_family("qwen2_5_omni_thinker", TinyFamily(partial(qwen_omni.config, "qwen2_5_omni_thinker"), qwen_omni.inputs))
+register_tiny_family("qwen3_omni_moe_thinker", TinyFamily(partial(qwen_omni.config, "qwen3_omni_moe_thinker"), qwen_omni.inputs))
+register_tiny_family("ernie4_5_vl_moe", TinyFamily(ernie4_5_vl.config, ernie4_5_vl.inputs))
 register_tiny_family("glm4v", TinyFamily(partial(glm4v.config, "glm4v"), glm4v.inputs))
 register_tiny_family("glm4v_moe", TinyFamily(partial(glm4v.config, "glm4v_moe"), glm4v.inputs))
 register_tiny_family("llava_next", TinyFamily(partial(llava_next.config, "llava_next"), llava_next.inputs))

@@ -19,7 +19,7 @@ TILE, PATCH = 16, 4
 PINPOINTS = [[16, 32], [32, 16], [32, 32], [48, 16], [16, 48]]
 ONEVISION_PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32], [32, 48], [48, 32], [48, 48]]
 #: (height, width) in px of row b's image, per family.
-IMAGE_SIZES = {"llava_next": ((30, 20), (12, 40)), "llava_onevision": ((30, 20), (40, 24))}
+IMAGE_SIZES = {"llava_next": ((30, 20), (12, 40)), "llava_next_video": ((30, 20), (12, 40)), "llava_onevision": ((30, 20), (40, 24))}
 
 
 def config(model_type: str = "llava_next"):
@@ -34,6 +34,14 @@ def config(model_type: str = "llava_next"):
 
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=TILE, patch_size=PATCH)
+    if model_type == "llava_next_video":
+        from transformers import LlavaNextVideoConfig
+
+        return LlavaNextVideoConfig(
+            vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**TEXT), image_token_index=IMAGE,
+            video_token_index=VIDEO, image_grid_pinpoints=PINPOINTS, image_seq_length=(TILE // PATCH) ** 2,
+            vision_feature_select_strategy="default", vision_feature_layer=-1, pad_token_id=PAD, spatial_pool_stride=2,
+        )
     if model_type == "llava_next":
         return LlavaNextConfig(
             vision_config=CLIPVisionConfig(**vision), text_config=LlamaConfig(**TEXT), image_token_index=IMAGE,
