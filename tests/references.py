@@ -11,6 +11,25 @@ from adapt_hooks.tiny import tiny_inputs
 PER_TOKEN = ("attention_mask", "mm_token_type_ids", "token_type_ids", "cross_attention_mask")
 
 
+def placeholder_free(model, make_guard, max_new_tokens: int = 5, **kwargs):
+    """``(inputs, out, new, run)`` of the first tiny prompts (seeds 0-7) whose guarded continuation
+    contains none of the model's media placeholder ids (image, video, audio): a full forward (the
+    references here) would take one for a media token, which a decode step does not, so such a
+    continuation has no reference."""
+    from adapt_hooks.tiny import tiny_inputs
+
+    names = [f"{media}_token_{suffix}" for media in ("image", "video", "audio") for suffix in ("id", "index")]
+    media = torch.tensor([v for v in (getattr(model.config, n, None) for n in names) if isinstance(v, int)])
+    for seed in range(8):
+        inputs = tiny_inputs(model, 2, seed=seed)
+        with make_guard() as run:
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)
+        new = out.sequences[:, inputs["input_ids"].shape[1] :]
+        if not torch.isin(new, media).any():
+            break
+    return inputs, out, new, run
+
+
 def forced_logits(model, inputs: dict, new: torch.Tensor, *, blind: bool = False) -> torch.Tensor:
     """Next-token logits ``[B, T, V]`` (float32) that the plain ``model`` gives at each step of
     continuation ``new`` ``[B, T]``, from one full forward without a cache.

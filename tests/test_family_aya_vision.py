@@ -56,10 +56,10 @@ def test_real_config_gives_13x13_per_tile_like_the_processor():
 def test_only_full_attention_layers_are_hookable():
     adapter = AyaVisionAdapter()
     model = types.SimpleNamespace(config=AyaVisionConfig(text_config=Cohere2Config(num_hidden_layers=32)))
-    assert adapter.hookable_layers(model, [None] * 32) == list(range(3, 32, 4))
+    assert adapter.hookable_layers(model, [object()] * 32) == list(range(3, 32, 4))
     text = Cohere2Config(num_hidden_layers=4, layer_types=["sliding_attention"] * 4)
     with pytest.raises(ValueError, match="no full-attention layer"):
-        adapter.hookable_layers(types.SimpleNamespace(config=AyaVisionConfig(text_config=text)), [None] * 4)
+        adapter.hookable_layers(types.SimpleNamespace(config=AyaVisionConfig(text_config=text)), [object()] * 4)
 
 
 def test_guard_hooks_the_full_layers_and_records_their_attention():

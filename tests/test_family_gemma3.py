@@ -58,7 +58,7 @@ def paligemma(text: str, image_size: int) -> PaliGemmaConfig:
 
 def hookable(adapter, config) -> list[int]:
     n_layers = config.get_text_config().num_hidden_layers
-    return adapter.hookable_layers(types.SimpleNamespace(config=config), [None] * n_layers)
+    return adapter.hookable_layers(types.SimpleNamespace(config=config), [object()] * n_layers)
 
 
 # -- real checkpoints, from their configs -------------------------------------------------------
@@ -110,7 +110,7 @@ def test_sliding_layers_are_hooked_only_when_their_window_spans_every_position()
     assert cache_keeping_layers(text(16, None), 3) == []
     config = gemma3_4b()
     config.text_config.layer_types = ["sliding_attention"] * 34
-    with pytest.raises(ValueError, match="every text layer uses a sliding window of 1024"):
+    with pytest.raises(ValueError, match="its text layers are sliding_attention, with a sliding window of 1024 tokens"):
         hookable(Gemma3Adapter(), config)
 
 

@@ -47,4 +47,4 @@ def test_image_sizes_that_disagree_with_the_prompt_are_refused():
 def test_sliding_window_text_models_are_refused():
     model = types.SimpleNamespace(config=Mistral3Config(text_config=MistralConfig(sliding_window=4096)))
     with pytest.raises(ValueError, match="sliding window of 4096"):
-        Mistral3Adapter().hookable_layers(model, [None] * 2)
+        Mistral3Adapter().hookable_layers(model, [object()] * 2)

@@ -15,7 +15,7 @@ from adapt_hooks import PAI
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import FAMILIES, _model, generate
-from .references import assert_logits_match, assert_rows_as_alone, forced_logits
+from .references import assert_logits_match, assert_rows_as_alone, forced_logits, placeholder_free
 
 LOGITS = dict(output_logits=True, return_dict_in_generate=True)
 
@@ -100,10 +100,7 @@ def test_cfg_step_is_guidance_between_two_plain_forwards(family):
     """``γ (s − u) + u`` against the plain model's log-probabilities with the image and with every
     image key hidden (the positions of the unhidden prompt kept), plausibility cutoff included."""
     model = _model(family, "eager")
-    inputs = tiny_inputs(model, 2)
-    with adapt_hooks.guard(model, methods=[PAI(alpha=0.0, cfg_gamma=1.5)]):
-        out = generate(model, inputs, max_new_tokens=5, **LOGITS)
-    new = out.sequences[:, inputs["input_ids"].shape[1] :]
+    inputs, out, new, _ = placeholder_free(model, lambda: adapt_hooks.guard(model, methods=[PAI(alpha=0.0, cfg_gamma=1.5)]), **LOGITS)
     s = torch.log_softmax(forced_logits(model, inputs, new), -1)
     u = torch.log_softmax(forced_logits(model, inputs, new, blind=True), -1)
     expected = (1.5 * (s - u) + u).masked_fill(s < s.amax(-1, keepdim=True) + math.log(0.1), -math.inf)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import adapt_hooks
-from adapt_hooks import VCD, DriftMonitor, noise
+from adapt_hooks import VCD, DriftMonitor, compat, noise
 from adapt_hooks.tiny import tiny_inputs
 
 from .conftest import FAMILIES, _model, generate
-from .references import assert_logits_match, assert_rows_as_alone, forced_logits
+from .references import assert_logits_match, assert_rows_as_alone, forced_logits, placeholder_free
 from .test_lifecycle import snapshot
 
 LOGITS = dict(output_logits=True, return_dict_in_generate=True)
@@ -28,12 +28,10 @@ def vcd_formula(original: torch.Tensor, noised: torch.Tensor, alpha: float, beta
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_are_the_contrast_of_two_plain_forwards(family):
     model = _model(family, "eager")
-    inputs = tiny_inputs(model, 2)
     vcd = VCD(alpha=1.0, beta=0.1)
-    with adapt_hooks.guard(model, methods=[vcd]) as run:
-        out = generate(model, inputs, max_new_tokens=5, **LOGITS)
-    new = out.sequences[:, inputs["input_ids"].shape[1] :]
-    noised = {**inputs, "pixel_values": vcd.noised(inputs["pixel_values"], inputs.get("image_grid_thw"))}
+    inputs, out, new, run = placeholder_free(model, lambda: adapt_hooks.guard(model, methods=[vcd]), **LOGITS)
+    pixels = compat.pixel_keyword(inputs)  # pixel_values, or Video-LLaVA's pixel_values_images
+    noised = {**inputs, pixels: vcd.noised(inputs[pixels], inputs.get("image_grid_thw"))}
     expected = vcd_formula(forced_logits(model, inputs, new), forced_logits(model, noised, new), 1.0, 0.1)
     assert_logits_match(torch.stack(out.logits, 1), expected, atol=1e-2 if family == "paligemma" else 1e-4)
     assert torch.equal(expected.argmax(-1), new)  # greedy picked the contrasted maximum

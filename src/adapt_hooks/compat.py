@@ -51,7 +51,9 @@ CACHE_KEYWORDS = ("cache", "past_key_values")
 CACHE_KEYWORD = "cache" if _release(INSTALLED) >= (5, 24) else "past_key_values"
 #: Forward keywords that bring a prefill its images (raw pixels, encoded images, or Mllama's
 #: projected vision states).
-IMAGE_KEYWORDS = ("pixel_values", "mm_encoder_outputs", "cross_attention_states")
+IMAGE_KEYWORDS = ("pixel_values", "pixel_values_images", "mm_encoder_outputs", "cross_attention_states")
+#: Keywords of raw image pixels (Video-LLaVA names its images ``pixel_values_images``).
+PIXEL_KEYWORDS = ("pixel_values", "pixel_values_images")
 #: The cache method beam search calls between steps.
 REORDER = "reorder_cache"
 
@@ -136,6 +138,11 @@ def output_cache(output: object):
         if value is not None:
             return value
     return None
+
+
+def pixel_keyword(kwargs: Mapping[str, object]) -> str | None:
+    """The keyword under which ``kwargs`` hold raw image pixels (:data:`PIXEL_KEYWORDS`), or ``None``."""
+    return next((name for name in PIXEL_KEYWORDS if kwargs.get(name) is not None), None)
 
 
 def image_input(kwargs: Mapping[str, object]) -> str | None:

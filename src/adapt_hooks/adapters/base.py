@@ -60,8 +60,9 @@ class Adapter:
         layers = [i for i in cache_keeping_layers(text_config, len(modules)) if modules[i] is not None]
         if not layers:
             kinds = getattr(text_config, "layer_types", None)
-            what = (f"its text layers are {', '.join(sorted(set(kinds[: len(modules)])))}" if kinds else
-                    f"every text layer uses a sliding window of {getattr(text_config, 'sliding_window', None)} tokens")
+            window = getattr(text_config, "sliding_window", None)
+            what = f"its text layers are {', '.join(sorted(set(kinds[: len(modules)])))}" if kinds else "every text layer is windowed"
+            what += f", with a sliding window of {window} tokens" if window else ""
             raise ValueError(
                 f"{model.config.model_type}: {what} (no full-attention layer whose cache keeps every token), so no layer "
                 "keeps the image keys for the whole generation; adapt-hooks cannot watch this model."

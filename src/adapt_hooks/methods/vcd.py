@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .. import noise
+from .. import compat, noise
 from ..validation import check_number
 from .base import Method, Prompt
 
@@ -82,10 +82,10 @@ class VCD(Method):
     def contrast_inputs(self, inputs: dict[str, object], prompt: Prompt, *, prefill: bool, length: int) -> None:
         if not prefill:
             return  # later steps: the same tokens as the user's rows
-        pixels = inputs.get("pixel_values")
-        if pixels is None:
+        name = compat.pixel_keyword(inputs)
+        if name is None:
             raise ValueError("VCD needs the prompt's pixel_values to noise; this prefill brings none.")
-        inputs["pixel_values"] = self.noised(pixels, inputs.get("image_grid_thw"))
+        inputs[name] = self.noised(inputs[name], inputs.get("image_grid_thw"))
 
     def next_token(self, logits: torch.Tensor, contrast: torch.Tensor | None) -> torch.Tensor:
         original = logits.float()
