@@ -17,3 +17,17 @@ from .qwen2_vl import Qwen2VLAdapter
 class QwenOmniThinkerAdapter(Qwen2VLAdapter):
     model_types = ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker")
     example_checkpoint = "Qwen/Qwen2.5-Omni-7B"
+
+    def row_grids(self, config, is_image, n_tokens, inputs):
+        """As Qwen2-VL; where ``image_grid_thw`` does not fit the rows (transformers before 5.23
+        repeats each image's entry for beams instead of each row's), the M-RoPE positions decide."""
+        thw = inputs.get("image_grid_thw")
+        if thw is not None:
+            try:
+                grids = self._grids_from_thw(config, thw, n_tokens)
+            except ValueError:
+                grids = None
+            if grids is not None and [sum(h * w for h, w in row) for row in grids] == list(n_tokens):
+                return grids
+            inputs = {k: v for k, v in inputs.items() if k != "image_grid_thw"}
+        return super().row_grids(config, is_image, n_tokens, inputs)
