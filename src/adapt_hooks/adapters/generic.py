@@ -46,18 +46,17 @@ class GenericAdapter(Adapter):
         )
 
     def row_grids(self, config, is_image, n_tokens, inputs):
-        thw, positions = inputs.get("image_grid_thw"), inputs.get("position_ids")
-        merge = getattr(getattr(config, "vision_config", None), "spatial_merge_size", None)
-        if thw is not None and merge:
-            grids = Qwen2VLAdapter._grids_from_thw(config, thw, n_tokens)
-            if [sum(h * w for h, w in row) for row in grids] == list(n_tokens):
+        thw = inputs.get("image_grid_thw")
+        if getattr(getattr(config, "vision_config", None), "spatial_merge_size", None):
+            grids = None if thw is None else Qwen2VLAdapter._fitting_grids_from_thw(config, thw, n_tokens)
+            if grids is None:
+                grids = Qwen2VLAdapter._grids_from_mrope(config, is_image, inputs)
+            if grids is not None:
                 return grids
-        if merge and positions is not None and positions.ndim == 3 and positions.shape[0] in (3, 4):  # M-RoPE rows
-            return [Qwen2VLAdapter._grids_from_positions(config, is_image[b], positions[-2:, b]) for b in range(len(n_tokens))]
         per_image = next((getattr(config, name) for name in TOKENS_PER_IMAGE if isinstance(getattr(config, name, None), int)), None)
+        side = math.isqrt(per_image) if per_image else 0
         rows = []
         for n in n_tokens:
-            side = math.isqrt(per_image) if per_image else 0
             if per_image and side * side == per_image and n % per_image == 0:
                 rows.append([(side, side)] * (n // per_image))
             elif n and math.isqrt(n) ** 2 == n:

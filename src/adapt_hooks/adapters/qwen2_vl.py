@@ -22,15 +22,30 @@ class Qwen2VLAdapter(Adapter):
         thw = inputs.get("image_grid_thw")
         if thw is not None:
             return self._grids_from_thw(config, thw, n_tokens)
-        positions = inputs.get("position_ids")
-        if positions is not None and positions.ndim == 3 and positions.shape[0] in (3, 4):
-            return [self._grids_from_positions(config, is_image[b], positions[-2:, b]) for b in range(len(n_tokens))]
+        grids = self._grids_from_mrope(config, is_image, inputs)
+        if grids is not None:
+            return grids
         if any(n_tokens):
             raise ValueError(
                 f"{config.model_type}: the prompt has image tokens but the forward call has neither "
                 "`image_grid_thw` nor 3-D M-RoPE `position_ids`; pass image_grid_thw as the processor returns it."
             )
         return [[] for _ in n_tokens]
+
+    @classmethod
+    def _grids_from_mrope(cls, config, is_image: torch.Tensor, inputs) -> list[list[tuple[int, int]]] | None:
+        """Each row's grids from the height and width channels of the call's 3- or 4-channel
+        M-RoPE ``position_ids``; ``None`` when it has none."""
+        positions = inputs.get("position_ids")
+        if positions is None or positions.ndim != 3 or positions.shape[0] not in (3, 4):
+            return None
+        return [cls._grids_from_positions(config, is_image[b], positions[-2:, b]) for b in range(is_image.shape[0])]
+
+    @classmethod
+    def _fitting_grids_from_thw(cls, config, thw: torch.Tensor, n_tokens) -> list[list[tuple[int, int]]] | None:
+        """:meth:`_grids_from_thw`, or ``None`` when they do not take exactly each row's image tokens."""
+        grids = cls._grids_from_thw(config, thw, n_tokens)
+        return grids if [sum(h * w for h, w in row) for row in grids] == list(n_tokens) else None
 
     @staticmethod
     def _grids_from_thw(config, thw: torch.Tensor, n_tokens) -> list[list[tuple[int, int]]]:

@@ -24,10 +24,10 @@ class QwenOmniThinkerAdapter(Qwen2VLAdapter):
         thw = inputs.get("image_grid_thw")
         if thw is not None:
             try:
-                grids = self._grids_from_thw(config, thw, n_tokens)
-            except ValueError:
+                grids = self._fitting_grids_from_thw(config, thw, n_tokens)
+            except ValueError:  # more images than the rows' tokens take
                 grids = None
-            if grids is not None and [sum(h * w for h, w in row) for row in grids] == list(n_tokens):
+            if grids is not None:
                 return grids
             inputs = {k: v for k, v in inputs.items() if k != "image_grid_thw"}
         return super().row_grids(config, is_image, n_tokens, inputs)

@@ -19,7 +19,7 @@ from ..methods.vcd import VCD
 from ..monitor import DriftMonitor
 from ..prompts import chat_prompt
 from ..running import guarded_generate
-from ..viz.report import drift_table, write_pictures
+from ..viz.report import drift_table, enlarge, write_pictures
 from . import text, world
 from .model import load_model, load_processor, load_risk, n_parameters
 
@@ -70,7 +70,7 @@ def main(seed: int = 0, k: int = 5, tau: float = 0.6, alpha: float = 0.5, steer:
     """Run the demo, print what it finds with ``say`` and return the pictures written to ``out``."""
     from .. import __version__
 
-    monitor = DriftMonitor(tau, alpha, steer=False)  # checks the settings before any work
+    DriftMonitor(tau, alpha)  # refuses bad settings before the model loads
     model, processor = load_model(attn_implementation="sdpa"), load_processor()
     risk = load_risk(model)
     threshold = float(risk.meta.get("threshold", 0.5))
@@ -112,8 +112,7 @@ def main(seed: int = 0, k: int = 5, tau: float = 0.6, alpha: float = 0.5, steer:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    big = scene.image().resize((288, 288), resample=0)  # nearest: the 48-pixel scene stays crisp
-    big.save(out / "scene.png")
+    enlarge(scene.image()).save(out / "scene.png")
     written = [out / "scene.png"]
     written += write_pictures(run, scene.image(), out, say=say, tokens=words[1:], marked=wrong, threshold=threshold)
     for path in written:

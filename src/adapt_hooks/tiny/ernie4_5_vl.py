@@ -12,12 +12,6 @@ from . import qwen3_vl
 VIDEO_START, VIDEO_END = 7, 8
 
 
-class _Patches:
-    """What :func:`qwen3_vl.inputs` reads of the vision config: 14 px patches of one frame, merged 2x2."""
-
-    in_channels, temporal_patch_size, patch_size, spatial_merge_size = 3, 1, 14, 2
-
-
 def config():
     from transformers import Ernie4_5_VLMoeConfig
 
@@ -30,5 +24,5 @@ def config():
 
 
 def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    stand_in = type("Model", (), {"config": type("Config", (), {"vision_config": _Patches})()})()
-    return qwen3_vl.inputs(stand_in, batch, images, generator)
+    vision = model.config.vision_config  # patches of one frame, RGB
+    return qwen3_vl.prompts(batch, images, generator, 3 * vision.patch_size**2, vision.spatial_merge_size)

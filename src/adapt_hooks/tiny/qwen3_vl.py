@@ -51,12 +51,17 @@ def inputs(model: nn.Module, batch: int, images: bool, generator: torch.Generato
     """Prompts, flattened patches and ``image_grid_thw`` for the Qwen-style processors (Qwen3-VL, GLM-4V)."""
     vision = model.config.vision_config
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    return prompts(batch, images, generator, patch_dim, vision.spatial_merge_size)
+
+
+def prompts(batch: int, images: bool, generator: torch.Generator, patch_dim: int, merge: int) -> dict[str, torch.Tensor]:
+    """:func:`inputs` for flattened patches of ``patch_dim`` values merged ``merge`` x ``merge``."""
     rows, pixels, grids = [], [], []
     for b in range(batch):
         image: list[int] = []
         if images:
             for grid in IMAGE_GRIDS[b % len(IMAGE_GRIDS)]:
-                image += image_prompt(grid, vision.spatial_merge_size)
+                image += image_prompt(grid, merge)
                 pixels.append(torch.randn(grid[0] * grid[1] * grid[2], patch_dim, generator=generator))
                 grids.append(grid)
         rows.append([BOS] + image + text_tokens(b, generator))

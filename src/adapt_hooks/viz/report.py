@@ -51,8 +51,7 @@ def write_pictures(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if run.anchor.weights is not None:
-        side = max(288, image.width)
-        shown = image.resize((side, image.height * side // image.width), resample=_resample(image))
+        shown = enlarge(image)
         scale = shown.width / image.width
         scaled_box = None if box is None else tuple(round(v * scale) for v in box)
         for name, picture in (("anchor.png", run.anchor.heatmap(shown, row, box=scaled_box)), ("ve.png", run.anchor.to_image(shown, row, box=scaled_box))):
@@ -74,11 +73,14 @@ def write_pictures(
     return written
 
 
-def _resample(image):
-    """Nearest-neighbour for small pictures (a 48-pixel scene stays crisp), bicubic otherwise."""
+def enlarge(image, width: int = 288):
+    """``image`` at least ``width`` pixels wide, aspect kept: nearest-neighbour for small pictures
+    (a 48-pixel scene stays crisp), bicubic otherwise."""
     from PIL import Image
 
-    return Image.Resampling.NEAREST if image.width < 128 else Image.Resampling.BICUBIC
+    side = max(width, image.width)
+    resample = Image.Resampling.NEAREST if image.width < 128 else Image.Resampling.BICUBIC
+    return image.resize((side, image.height * side // image.width), resample=resample)
 
 
 def plot_drift(plt, run: Guard, row: int = 0, *, tokens: list[str] | None = None, marked: Collection[int] = (),
