@@ -39,6 +39,14 @@ def register_tiny_family(model_type: str, family: TinyFamily) -> None:
     _FAMILIES[model_type] = family
 
 
+def installed(model_type: str) -> bool:
+    """Whether the installed transformers knows ``model_type`` (families newer than the oldest
+    supported release register their tiny model only where it exists)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return model_type in CONFIG_MAPPING_NAMES
+
+
 def model_types() -> tuple[str, ...]:
     """Families that have a tiny model, i.e. every family the test battery runs on."""
     return tuple(_FAMILIES)
