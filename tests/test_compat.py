@@ -14,7 +14,7 @@ from transformers import DynamicCache, modeling_utils
 
 import adapt_hooks
 from adapt_hooks import DriftMonitor, canary, compat
-from adapt_hooks.tiny import tiny_inputs
+from adapt_hooks.tiny import tiny_inputs, tiny_model
 
 from .conftest import FAMILIES, _model, generate
 from .test_lifecycle import snapshot
@@ -257,3 +257,32 @@ def test_a_prompt_given_only_as_embeddings_warns_that_the_guard_does_nothing(lla
         with pytest.warns(UserWarning, match="has no input_ids to find image tokens in"):
             llava(inputs_embeds=embeds)
     assert run.decode_steps == 0
+
+
+def test_an_adapter_sees_the_image_encoders_inputs_repeated_for_beams():
+    """From 5.23 generate leaves image_grid_thw out of the prefill; the guard adds it back for the
+    adapter, each sample's images repeated as a group per beam (row 0: two images, row 1: one)."""
+    from adapt_hooks.adapters import Qwen2VLAdapter
+    from adapt_hooks.tiny._common import BOS, IMAGE, VISION_END, VISION_START, text_tokens
+    from adapt_hooks.tiny.qwen2_vl import batch_inputs
+
+    model = tiny_model("qwen2_vl")
+    vision, generator = model.config.vision_config, torch.Generator().manual_seed(0)
+    patch_dim = 3 * vision.temporal_patch_size * vision.patch_size**2
+    images = [[(1, 4, 4), (1, 2, 6)], [(1, 6, 2)]]
+    rows = [[BOS] + [t for thw in row for t in [VISION_START] + [IMAGE] * (thw[1] * thw[2] // 4) + [VISION_END]]
+            + text_tokens(b, generator) for b, row in enumerate(images)]  # fmt: skip
+    grids = [thw for row in images for thw in row]
+    inputs = batch_inputs(rows, [torch.randn(t * h * w, patch_dim, generator=generator) for t, h, w in grids], grids)
+    seen = []
+
+    class Recording(Qwen2VLAdapter):
+        def row_grids(self, config, is_image, n_tokens, given):
+            seen.append(given.get("image_grid_thw"))
+            return super().row_grids(config, is_image, n_tokens, given)
+
+    with adapt_hooks.guard(model, adapter=Recording(), monitor=DriftMonitor(steer=False)) as run:
+        model.generate(**inputs, do_sample=False, num_beams=2, max_new_tokens=2)
+    expected = torch.tensor([grids[0], grids[1], grids[0], grids[1], grids[2], grids[2]])
+    assert seen and torch.equal(seen[0], expected)
+    assert run.anchor.layout.grid_shapes[:2] == (((2, 2), (1, 3)),) * 2 and run.anchor.layout.grid_shapes[2] == ((3, 1),)

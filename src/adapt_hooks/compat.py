@@ -237,6 +237,50 @@ class ImageCapture:
         self.last = None
 
 
+def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mapping[str, object], input_ids) -> Mapping[str, object]:
+    """The prefill's keyword arguments for an adapter's ``row_grids``. From 5.23 on ``generate``
+    encodes the images first and leaves the encoder's other inputs (``image_grid_thw``,
+    ``spatial_shapes``, ...) out of the prefill: those that ``capture`` recorded are added back,
+    their per-image rows repeated for beams the way ``generate`` repeats the encoded images."""
+    encoded = encoded_images(kwargs)
+    captured = None if capture is None or encoded is None else capture.inputs_for(encoded)
+    if captured is None:
+        return kwargs
+    encoder_inputs, n_images = captured
+    extra = {k: v for k, v in encoder_inputs.items() if k not in kwargs and k not in PIXEL_KEYWORDS}
+    pooled = getattr(encoded, "pooler_output", None)
+    if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:
+        order = _expanded_images(model, input_ids, [len(p) for p in pooled], n_images)
+        if order is not None:
+            extra = {k: v[order] if isinstance(v, torch.Tensor) and v.shape[:1] == (n_images,) else v for k, v in extra.items()}
+    return {**extra, **kwargs}
+
+
+def _expanded_images(model: nn.Module, input_ids: torch.Tensor, lengths: list[int], n_images: int) -> torch.Tensor | None:
+    """For each image of the expanded rows, the index of the image it repeats (``None`` when the
+    rows' image tokens do not split the encoded images)."""
+    token = getattr(model.config, "image_token_id", None)
+    expand = len(lengths) // n_images
+    if token is None or len(lengths) != expand * n_images or input_ids.shape[0] % expand:
+        return None
+    per_row, i = [], 0  # images of each expanded row, consumed in order
+    for n in (input_ids == token).sum(-1).tolist():
+        taken, k = 0, 0
+        while taken < n and i < len(lengths):
+            taken, i, k = taken + lengths[i], i + 1, k + 1
+        if taken != n:
+            return None
+        per_row.append(k)
+    if i != len(lengths):
+        return None
+    order, start = [], 0
+    for sample in range(len(per_row) // expand):  # generate repeats each sample's images as a group
+        k = per_row[sample * expand]
+        order += list(range(start, start + k)) * expand
+        start += k
+    return torch.tensor(order, dtype=torch.long)
+
+
 def encode_images(capture: ImageCapture, inputs: Mapping[str, object]):
     """The vision encoder's output of ``inputs`` (the keyword arguments ``generate`` gives it)."""
     return capture.encode(**{**inputs, "return_dict": True})

@@ -67,6 +67,7 @@ class Guard(Installed):
         self._active: list[list[Method]] = [[] for _ in self.layers]  # the current prompt's (none in training)
         self._next_token: list[Method] = []  # the current prompt's methods that edit the next-token logits
         self._streams = Streams(model, self.methods)
+        self._capture: compat.ImageCapture | None = None  # the image encoder's inputs, while installed
         self._prompt: Prompt | None = None
         self._swap: AttentionSwap | None = None  # the interceptor's registration, while installed
         self._hooks: list = []
@@ -157,7 +158,8 @@ class Guard(Installed):
             self.model.register_forward_pre_hook(hook, with_kwargs=True),
             self.model.register_forward_hook(hook.after),
         ]
-        self._streams.install()
+        self._capture = compat.ImageCapture(self.model)
+        self._streams.install(self._capture)
         self._begin(None)
 
     def _restore(self) -> None:
@@ -171,6 +173,9 @@ class Guard(Installed):
             self._swap = None
         self._release_cache()
         self._streams.remove()
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         self._layout_by_device = {}
         self._prompt_cache, self._awaiting, self._uncached_ids = None, None, None
 
@@ -309,7 +314,8 @@ class Guard(Installed):
         self._layout, self._layout_by_device = None, {}
         self._release_cache()
         carried = None if inputs is None else compat.image_input(inputs)
-        layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, inputs or {})
+        seen = compat.layout_inputs(self.model, self._capture, inputs or {}, input_ids)
+        layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, seen)
         if layout is not None and layout.any_image:
             self._layout = layout
         elif carried is not None:

@@ -44,14 +44,12 @@ class Streams:
     def count(self) -> int:
         return 1 + len(self.methods)
 
-    def install(self) -> None:
-        if self.methods:
-            self.capture = compat.ImageCapture(self.model)
+    def install(self, capture: compat.ImageCapture) -> None:
+        """Use the guard's record of the image encoder's inputs (it installs and removes it)."""
+        self.capture = capture
 
     def remove(self) -> None:
-        if self.capture is not None:
-            self.capture.remove()
-            self.capture = None
+        self.capture = None
         self.batch = None
 
     # -- forward calls ---------------------------------------------------------------------------
