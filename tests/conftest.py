@@ -38,9 +38,10 @@ def llava():
     return _model("llava", "eager")
 
 
-#: Test modules outside the conformance battery: they exercise the command line and the docs pages
-#: (subprocesses, most of the suite's time), not the guard on another transformers.
-_INTERFACE_MODULES = ("test_cli", "test_docs")
+#: Test modules outside the conformance battery: they exercise the command line, the docs pages
+#: (subprocesses, most of the suite's time) and training through TRL and accelerate, not the guard
+#: on another transformers.
+_INTERFACE_MODULES = ("test_cli", "test_docs", "test_trl", "test_accelerate")
 
 
 def pytest_report_header(config):

@@ -4,6 +4,7 @@ image, the rejected one a noise-injected ("blind") image; a collator turns recor
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,35 +54,49 @@ class VAGDPOCollator:
     The question goes through the processor's chat template (if it has one) with the image; the
     answer is tokenised on its own and appended, so prompt and answer never merge into one token.
     Per-token processor outputs other than ``input_ids``/``attention_mask`` (e.g.
-    ``mm_token_type_ids``) are extended with zeros over the answer.
+    ``mm_token_type_ids``) are extended with zeros over the answer. A record may name its question
+    ``"prompt"`` (TRL's column) instead.
+
+    The rejected image's noise is drawn afresh at every call (``fixed_noise=False``), or fixed per
+    record (``True``: seeded by the record's text, so every epoch and a reference pass made before
+    training, such as precomputed reference log-probabilities, see the same noise).
     """
 
     def __init__(
-        self, processor, *, step: int = NOISE_STEP, seed: int = 0, add_eos: bool = True, background: str = "white"
+        self, processor, *, step: int = NOISE_STEP, seed: int = 0, add_eos: bool = True, background: str = "white",
+        fixed_noise: bool = False,
     ) -> None:
         self.processor = processor
         self.background = check_background(background)
         self.step = step
         self.seed = seed
         self.add_eos = add_eos
+        self.fixed_noise = fixed_noise
         self._calls = 0
+
+    def noise_seed(self, record: Mapping[str, Any], index: int) -> int:
+        """The seed of the rejected image's noise for ``record``, the ``index``-th of this call."""
+        if self.fixed_noise:
+            text = "\x1f".join(str(record[key]) for key in (_question_key(record), "chosen", "rejected"))
+            return self.seed + zlib.crc32(text.encode())
+        return self.seed + 7919 * self._calls + index
 
     def prompt(self, question: str) -> str:
         """The prompt text of ``question`` (see :func:`adapt_hooks.prompts.chat_prompt`)."""
         return chat_prompt(self.processor, question)
 
     def __call__(self, records: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        missing = [key for key in ("image", "question", "chosen", "rejected", "anchor") if key not in records[0]]
+        missing = [key for key in ("image", _question_key(records[0]), "chosen", "rejected", "anchor") if key not in records[0]]
         if missing:
-            raise ValueError(f"VAG-DPO records need keys image, question, chosen, rejected, anchor; missing {missing}.")
+            raise ValueError(f"VAG-DPO records need keys image, question (or prompt), chosen, rejected, anchor; missing {missing}.")
         ve, blind = [], []
         for i, record in enumerate(records):
-            seed = self.seed + 7919 * self._calls + i
+            seed = self.noise_seed(record, i)
             pair = make_vagdpo_pair(record["image"], record["anchor"], step=self.step, seed=seed, background=self.background)
             ve.append(pair[0])
             blind.append(pair[1])
         self._calls += 1
-        prompts = [self.prompt(r["question"]) for r in records] * 2
+        prompts = [self.prompt(r[_question_key(r)]) for r in records] * 2
         tokenizer = self.processor.tokenizer
         side, tokenizer.padding_side = tokenizer.padding_side, "right"
         try:
@@ -90,6 +105,10 @@ class VAGDPOCollator:
             tokenizer.padding_side = side
         answers = [r["chosen"] for r in records] + [r["rejected"] for r in records]
         return _append_answers(dict(encoded), answers, tokenizer, self.add_eos)
+
+
+def _question_key(record: Mapping[str, Any]) -> str:
+    return "prompt" if "question" not in record and "prompt" in record else "question"
 
 
 def _append_answers(encoded: dict[str, torch.Tensor], answers: list[str], tokenizer, add_eos: bool) -> dict[str, torch.Tensor]:
