@@ -72,28 +72,33 @@ def records(args):
     return out
 
 
+def parser() -> argparse.ArgumentParser:
+    out = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    out.add_argument("--model", default="tiny", help="checkpoint path or hub id (default: the tiny LLaVA)")
+    out.add_argument("--data", help="JSON lines of {image, question, chosen, rejected}")
+    out.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    out.add_argument("--steps", type=int, default=20)
+    out.add_argument("--batch-size", type=int, default=2, help="pairs per step, over all processes")
+    out.add_argument("--lr", type=float, default=1e-3)
+    out.add_argument("--beta", type=float, default=0.1)
+    out.add_argument("--sft-weight", type=float, default=0.0)
+    out.add_argument("--peft", action="store_true", help="train a LoRA adapter; the reference is the adapter disabled")
+    out.add_argument("--anchor-cache", help="directory caching the anchors (computed once, by the main process)")
+    out.add_argument("--log", help="write each step's loss and metrics here as JSON lines")
+    out.add_argument("--seed", type=int, default=0)
+    return out
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny", help="checkpoint path or hub id (default: the tiny LLaVA)")
-    parser.add_argument("--data", help="JSON lines of {image, question, chosen, rejected}")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=2, help="pairs per step, over all processes")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--sft-weight", type=float, default=0.0)
-    parser.add_argument("--peft", action="store_true", help="train a LoRA adapter; the reference is the adapter disabled")
-    parser.add_argument("--anchor-cache", help="directory caching the anchors (computed once, by the main process)")
-    parser.add_argument("--log", help="write each step's loss and metrics here as JSON lines")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    options = parser()
+    args = options.parse_args(argv)
     # Several CPU processes (gloo) where there is no GPU. A VLM leaves some vision-tower weights without
     # gradients (the layers after the selected feature layer), which DDP must be told about.
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[unused])
     world, rank = accelerator.num_processes, accelerator.process_index
     if args.batch_size % world:
-        parser.error(f"--batch-size {args.batch_size} does not split over {world} processes")
+        options.error(f"--batch-size {args.batch_size} does not split over {world} processes")
     torch.manual_seed(args.seed)
 
     model, processor = load(args, accelerator.device)

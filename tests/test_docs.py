@@ -41,6 +41,7 @@ import ast
 import contextlib
 import functools
 import importlib
+import importlib.util
 import inspect
 import io
 import os
@@ -336,6 +337,23 @@ def _check_script(path: str, where: Block) -> None:
     assert done.returncode == 0, f"{where}: {path} --help failed: {done.stderr[-500:]}"
 
 
+def _check_example(command: list[str], where: Block) -> None:
+    """``[accelerate launch [options]] [python] examples/X.py [flags]``: the example's own parser
+    takes the flags, and a ``--config_file`` exists and is a configuration accelerate reads."""
+    script = next(i for i, token in enumerate(command) if token.endswith(".py"))
+    path = ROOT / command[script]
+    assert path.is_file(), f"{where}: {command[script]} does not exist"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.parser().parse_args(command[script + 1 :])
+    launch = command[:script]
+    if "--config_file" in launch:
+        from accelerate.commands.config.config_args import ClusterConfig
+
+        ClusterConfig.from_yaml_file(str(ROOT / launch[launch.index("--config_file") + 1]))
+
+
 @pytest.mark.parametrize("page", _pages_with("bash"), ids=_page_id)
 def test_bash_blocks_run_or_parse(page):
     for block in blocks(page):
@@ -350,6 +368,8 @@ def test_bash_blocks_run_or_parse(page):
                 _check_pip(command[2:], block)
             elif command[0] == "pytest":
                 continue  # the test suite itself
+            elif command[:2] == ["accelerate", "launch"] or (command[0] == "python" and command[1].startswith("examples/")):
+                _check_example(command, block)
             elif command[0] == "python" and len(command) > 1 and re.fullmatch(r"benchmarks/\w+\.py", command[1]):
                 _check_script(command[1], block)
             else:

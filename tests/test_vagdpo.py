@@ -236,7 +236,7 @@ def test_vagdpo_guide_code_runs(tmp_path):
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "vagdpo.md").read_text()
-    loop, trainer_code = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    loop, trainer_code = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]  # the loop, the Trainer
     namespace: dict = {}
     exec(compile(loop, "vagdpo.md", "exec"), namespace)
     exec(compile("from adapt_hooks import *\n" + trainer_code, "vagdpo.md", "exec"), namespace)
