@@ -183,7 +183,7 @@ def job_sweep(plan: Plan, seed: int, settings: Sequence[GuardSetting]) -> dict:
 
 
 def job_dpo(plan: Plan, seed: int, group: str, best: str) -> dict:
-    """The fine-tunes of one seed: ``group="vag"`` VAG-DPO (the spec's settings; alone, with the
+    """The fine-tunes of one seed: ``group="vag"`` VAG-DPO (the method's settings; alone, with the
     guard and with the best inference-time setting ``best``) and its variants, which share its
     preference records; ``group="plain"`` ordinary DPO (alone and with ``best``)."""
     model, processor, suite = _model(), _STATE["processor"], plan.suite(seed)

@@ -40,7 +40,7 @@ class DPOSettings:
     n_per_kind: int = 40
     n_replay: int = 160  # training-distribution scenes added to the pairs (rejected: an absent kind inserted)
     images: str = "vag"  # "vag": VE / noise images; "plain": the original image on both sides
-    background: str = "white"  # the VE image outside the anchor: "white" (the spec), "mean", "blur"
+    background: str = "white"  # the VE image outside the anchor: "white" (the method's), "mean", "blur"
     noise_step: int = 500  # diffusion step of the rejected image
 
     @property

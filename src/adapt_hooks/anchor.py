@@ -1,4 +1,4 @@
-"""Anchor: the visual anchor built from the first K decode steps (spec section 1).
+"""Anchor: the visual anchor built from the first K decode steps (docs/method.md).
 
 Record the head-mean image attention of each hooked layer, score and fuse the layer maps on each
 image grid, damp spatial bias, and refine the fused map into weights ``w`` in [0, 1] that the
@@ -247,7 +247,7 @@ class Anchor:
         return values[row, g.offset : g.offset + g.size].reshape(g.height, g.width)
 
     def to_image(self, image, row: int = 0, index: int | None = 0, box=None, background: str = "white"):
-        """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (spec 4).
+        """The anchor-enhanced (VE) image ``I ⊙ m + white ⊙ (1 − m)`` of a PIL ``image`` (as VAG-DPO's chosen image).
 
         ``m`` is grid ``index`` of ``row`` placed on ``box`` (default: the whole image); with
         ``index=None``, every grid of the row, each on its own box of the list ``box`` (e.g. the

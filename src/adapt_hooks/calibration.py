@@ -1,4 +1,4 @@
-"""Measuring a model's spatial bias (spec section 1.4): guarded runs on noise images whose mean
+"""Measuring a model's spatial bias (docs/method.md, spatial-bias correction): guarded runs on noise images whose mean
 fused anchor becomes a :class:`~adapt_hooks.debias.DebiasMask`."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def estimate_debias_mask(
     layers=None,
 ) -> DebiasMask:
     """Run ``model`` on ``n`` Gaussian-noise images and turn the mean of their fused anchors into a
-    :class:`DebiasMask` (spec 1.4).
+    :class:`DebiasMask` (docs/method.md).
 
     The second argument is the model's processor (used with ``prompt`` and a grey image) or a
     callable returning the inputs of one prompt with an image; either way the ``pixel_values`` are

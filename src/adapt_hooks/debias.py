@@ -1,4 +1,4 @@
-"""Spatial-bias correction (spec section 1.4): a per-grid mask that damps image tokens which draw
+"""Spatial-bias correction (docs/method.md): a per-grid mask that damps image tokens which draw
 attention even on content-free images (attention sinks, border bias)."""
 
 from __future__ import annotations

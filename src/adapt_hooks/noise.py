@@ -1,5 +1,5 @@
 """Diffusion forward noise ``x_t = sqrt(ᾱ_t) x + sqrt(1 − ᾱ_t) ε`` under two schedules: VAG-DPO's
-rejected ("blind") image (linear β from 1e-4 to 0.02 over 1000 steps, spec section 4) and VCD's
+rejected ("blind") image (linear β from 1e-4 to 0.02 over 1000 steps, as in VAG-DPO) and VCD's
 distorted image (``β = sigmoid(linspace(−6, 6, 1000)) · (5e−3 − 1e−5) + 1e−5``, Leng et al. 2024)."""
 
 from __future__ import annotations

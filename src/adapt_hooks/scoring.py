@@ -123,7 +123,7 @@ def _focus(a: Tensor) -> Tensor:
 def layer_scores(
     maps: Tensor, layer_ids: Tensor | Sequence[int], n_layers: int, *, check_finite: bool = True
 ) -> dict[str, Tensor]:
-    """Score every layer map [..., L, H, W] on how anchor-like it looks (spec 1.2).
+    """Score every layer map [..., L, H, W] on how anchor-like it looks (docs/method.md, layer scoring).
 
     `layer_ids` [L] are absolute decoder-layer indices, `n_layers` the model depth (d = l / (n_layers - 1),
     0 for a one-layer model). Returns float32 [..., L] tensors under "boundary", "spectral", "smooth",
@@ -214,7 +214,7 @@ def above_percentile(x: Tensor, percentile: float = 0.4) -> Tensor:
 
 def refine(fused: Tensor, enhance: float = 10.0, kernels: tuple[int, int] = (3, 5), border: int = 2,
            border_scale: float = 0.5, percentile: float = 0.4, *, check_finite: bool = True) -> Tensor:
-    """Turn a fused map [..., H, W] into anchor weights in [0, 1] (spec 1.5), float32, same shape:
+    """Turn a fused map [..., H, W] into anchor weights in [0, 1] (docs/method.md, refinement), float32, same shape:
     :func:`refine_map`, then values strictly below the ``percentile`` quantile set to 0, then min-max.
     A constant map refines to 0.5 everywhere."""
     x = refine_map(fused, enhance, kernels, border, border_scale, check_finite=check_finite)

@@ -1,4 +1,4 @@
-"""Per-step attention telemetry (spec sections 0 and 2): image attention of the new query,
+"""Per-step attention telemetry (docs/method.md: the drift signals and AMC): image attention of the new query,
 visual mass, concentration, change rate and Anchor-Modulated Concentration.
 
 Everything here is pure tensor maths on the device, batched over rows, with no host sync.

@@ -18,7 +18,7 @@ from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionA
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
-from .qwen2_vl import Qwen2VLAdapter
+from .qwen2_vl import Qwen2_5VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen_omni import QwenOmniThinkerAdapter
 from .qwen3_vl import Qwen3VLAdapter
@@ -75,6 +75,7 @@ for _adapter in (
     LlavaNextAdapter(),
     LlavaOnevisionAdapter(),
     Qwen2VLAdapter(),
+    Qwen2_5VLAdapter(),
     Qwen3VLAdapter(),
     Qwen3_5Adapter(),
     Glm4vAdapter(),

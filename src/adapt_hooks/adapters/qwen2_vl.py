@@ -15,7 +15,7 @@ from .base import Adapter
 
 
 class Qwen2VLAdapter(Adapter):
-    model_types = ("qwen2_vl", "qwen2_5_vl")
+    model_types = ("qwen2_vl",)
     example_checkpoint = "Qwen/Qwen2-VL-7B-Instruct"
 
     def row_grids(self, config, is_image, n_tokens, inputs):
@@ -86,3 +86,10 @@ class Qwen2VLAdapter(Adapter):
                 )
             grids.extend([(height, width)] * (run.numel() // (height * width)))
         return grids
+
+
+class Qwen2_5VLAdapter(Qwen2VLAdapter):
+    """Qwen2.5-VL: Qwen2-VL's grids (its window attention is in the vision tower only)."""
+
+    model_types = ("qwen2_5_vl",)
+    example_checkpoint = "Qwen/Qwen2.5-VL-7B-Instruct"

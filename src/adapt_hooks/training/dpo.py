@@ -1,4 +1,4 @@
-"""VAG-DPO loss (spec section 4): a DPO preference loss whose chosen and rejected responses are
+"""VAG-DPO loss (ADAPT's Visual-Attention-Guidance DPO): a DPO preference loss whose chosen and rejected responses are
 each conditioned on their own image. Pure functions of sequence log-probabilities, so any trainer
 can use them; model plumbing lives in :mod:`adapt_hooks.logps` and :mod:`adapt_hooks.pairs`."""
 

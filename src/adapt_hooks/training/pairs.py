@@ -1,4 +1,4 @@
-"""VAG-DPO training pairs (spec section 4): the chosen response sees the anchor-enhanced (VE)
+"""VAG-DPO training pairs (see docs/vagdpo.md): the chosen response sees the anchor-enhanced (VE)
 image, the rejected one a noise-injected ("blind") image; a collator turns records into the
 ``[chosen; rejected]`` batch that :func:`adapt_hooks.sequence_logps` consumes."""
 
@@ -23,7 +23,7 @@ def make_vagdpo_pair(
     background: str = "white",
 ):
     """``(VE image, noise-injected image)`` of a PIL ``image``: the anchor (an :class:`Anchor`, or
-    one ``[H, W]`` grid of weights in [0, 1]) upsampled onto it over ``background`` (the spec's
+    one ``[H, W]`` grid of weights in [0, 1]) upsampled onto it over ``background`` (the method's
     ``"white"``, or ``"mean"``, ``"blur"``: see :meth:`Anchor.to_image`), and diffusion noise at
     ``step`` of 1000 (seeded: the same seed gives the same noise)."""
     if not isinstance(anchor, Anchor):

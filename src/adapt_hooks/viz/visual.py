@@ -1,8 +1,8 @@
-"""Pictures of an anchor: the anchor-enhanced (VE) image of spec section 4 and a heat-map overlay.
+"""Pictures of an anchor: the anchor-enhanced (VE) image of VAG-DPO and a heat-map overlay.
 
 The anchor grid is upsampled bicubically onto the image, or onto ``box`` (left, top, right,
 bottom) when the model only saw a crop of it (e.g. a centre crop); outside the box the VE image is
-its background. The spec's background is white; ``"mean"`` (the image's mean colour) and
+its background. The method's background is white; ``"mean"`` (the image's mean colour) and
 ``"blur"`` (a blurred copy of the image) keep the VE image closer to the images a model was
 trained on, for example on a dark canvas. Placement is approximate for processors that pad or tile: pass the box of the region the
 grid covers.
@@ -39,7 +39,7 @@ def _to_image(pixels: torch.Tensor):
     return Image.fromarray(pixels.round().clamp(0, 255).to(torch.uint8).numpy(), mode="RGB")
 
 
-#: What the VE image shows where the anchor is low: white (the spec), the mean colour, a blur.
+#: What the VE image shows where the anchor is low: white (the method's), the mean colour, a blur.
 BACKGROUNDS = ("white", "mean", "blur")
 
 
