@@ -263,7 +263,8 @@ class DriftMonitor:
 
     @property
     def intervention_rate(self) -> float:
-        """Fraction of monitored (step, layer, row-with-image) cells that were steered."""
+        """Steered share of the monitored cells: decode steps after the anchor phase (whose steps are
+        never steered and do not count) × hooked layers × rows with an image."""
         if not self._monitored_calls or self.layout is None:
             return 0.0
         steered = sum(int(s.steered.sum()) for s in self._slots.values())
