@@ -32,6 +32,22 @@ from .base import Adapter
 Grids = list[list[tuple[int, int]]]
 
 
+def in_order(grids: list[tuple[int, int]], n_tokens) -> Grids | None:
+    """``grids`` handed to the rows in order, or ``None`` when they do not take exactly each row's
+    ``n_tokens`` (Molmo2 reads its views the same way)."""
+    rows, i = [], 0
+    for n in n_tokens:
+        row, held = [], 0
+        while held < n and i < len(grids):
+            row.append(grids[i])
+            held += grids[i][0] * grids[i][1]
+            i += 1
+        if held != n:
+            return None
+        rows.append(row)
+    return rows if i == len(grids) else None
+
+
 class Lfm2VlAdapter(Adapter):
     model_types = ("lfm2_vl",)
     example_checkpoint = "LiquidAI/LFM2-VL-1.6B"
@@ -50,7 +66,7 @@ class Lfm2VlAdapter(Adapter):
         runs = [self._runs(is_image[b]) for b in range(len(n_tokens))]
         fitting = None
         for expand in self._expansions(images, n_tokens):
-            grids = self._assign(images[::expand], n_tokens[::expand])
+            grids = in_order(images[::expand], n_tokens[::expand])
             if grids is None:
                 continue
             grids = [grids[b // expand] for b in range(len(n_tokens))]
@@ -77,21 +93,6 @@ class Lfm2VlAdapter(Adapter):
             ):
                 found.append(e)
         return found
-
-    @staticmethod
-    def _assign(images: list[tuple[int, int]], n_tokens) -> Grids | None:
-        """The images handed to the rows in order, or ``None`` when they do not take exactly each row's tokens."""
-        grids, i = [], 0
-        for n in n_tokens:
-            row, held = [], 0
-            while held < n and i < len(images):
-                row.append(images[i])
-                held += images[i][0] * images[i][1]
-                i += 1
-            if held != n:
-                return None
-            grids.append(row)
-        return grids if i == len(images) else None
 
     @staticmethod
     def _runs(is_image: torch.Tensor) -> list[int]:

@@ -32,8 +32,7 @@ import math
 import torch
 
 from .base import Adapter
-
-Grids = list[list[tuple[int, int]]]
+from .lfm2_vl import in_order
 
 
 class Molmo2Adapter(Adapter):
@@ -44,7 +43,7 @@ class Molmo2Adapter(Adapter):
         image_grids = inputs.get("image_grids")
         if image_grids is not None:
             views = [view for r_h, r_w, h, w in torch.as_tensor(image_grids).tolist() for view in ((r_h, r_w), (h, w))]
-            grids = self._assign([view for view in views if view[0] * view[1]], n_tokens)
+            grids = in_order([view for view in views if view[0] * view[1]], n_tokens)
             if grids is None:
                 raise ValueError(
                     f"{config.model_type}: image_grids gives views {views} that do not split into the rows' image "
@@ -57,21 +56,6 @@ class Molmo2Adapter(Adapter):
         if frames:
             raise ValueError(f"{config.model_type}: video_grids describes {len(frames)} more frames than the prompt holds.")
         return grids
-
-    @staticmethod
-    def _assign(views: list[tuple[int, int]], n_tokens) -> Grids | None:
-        """The views handed to the rows in order, or ``None`` when they do not take exactly each row's tokens."""
-        grids, i = [], 0
-        for n in n_tokens:
-            row, held = [], 0
-            while held < n and i < len(views):
-                row.append(views[i])
-                held += views[i][0] * views[i][1]
-                i += 1
-            if held != n:
-                return None
-            grids.append(row)
-        return grids if i == len(views) else None
 
     @staticmethod
     def _grids_from_prompt(config, is_image: torch.Tensor, frames: list[tuple[int, int]]) -> list[tuple[int, int]]:
