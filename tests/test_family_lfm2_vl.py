@@ -50,3 +50,22 @@ def test_spatial_shapes_repeated_per_image_or_per_sample():
     for order in ([a, a, t, t, t, t, th, th], [a, a, t, t, th, t, t, th]):
         layout = Lfm2VlAdapter().layout(config, ids, {"spatial_shapes": torch.tensor(order)})
         assert [[(g.height, g.width) for g in row] for row in layout.grids] == expected
+
+
+def test_a_guard_and_a_drift_injection_nest_their_image_captures():
+    """Both read ``spatial_shapes`` back from the image encoding (5.23+), in either nesting, and
+    leave the model's ``get_image_features`` as they found it."""
+    import adapt_hooks
+    from adapt_hooks import DriftMonitor, stress
+    from adapt_hooks.tiny import tiny_inputs, tiny_model
+
+    model = tiny_model("lfm2_vl", "eager")
+    inputs = tiny_inputs(model, 2)
+    for nested in (False, True):
+        drift = stress.inject_drift(model, "decay", 1.0, start_step=1)
+        guard = adapt_hooks.guard(model, monitor=DriftMonitor(steer=False))
+        first, second = (guard, drift) if nested else (drift, guard)
+        with first as outer, second as inner:
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        assert [len(row) for row in (outer if nested else inner).anchor.layout.grids] == [1, 3]
+        assert "get_image_features" not in vars(model.base_model)

@@ -18,7 +18,10 @@ Decisions:
   prefill and the guard merges back what it recorded, each sample's images repeated for beams
   (``A, B, A, B``). Before 5.23 ``generate`` hands it to the prefill repeated image by image
   (``A, A, B, B``). Both orders are tried; the one whose grids are exactly the row's runs of image
-  tokens (the separators split every grid off) wins, else the first whose sizes fit the rows.
+  tokens (the separators split every grid off) wins, else the first whose sizes fit the rows (the
+  in-order one: a prompt built with ``use_image_special_tokens=False`` has no separators to tell,
+  so beam search over tiled images reads wrong tile grids before 5.23; transformers itself hands
+  those beams the wrong image features there, since it repeats the tiles image by image).
 - The text decoder is hybrid: LFM2's short-convolution layers keep no keys (no ``self_attn``), so
   only its ``full_attention`` layers are hooked.
 """
