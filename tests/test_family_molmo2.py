@@ -56,3 +56,15 @@ def test_real_processor_video_prompt_gives_one_grid_per_frame():
     text = processor().get_video_string(torch.tensor([3, 9, 9]), [0.0, 0.5, 1.0])  # 3 frames pooled 3x3 to 9x9
     layout = Molmo2Adapter().layout(config, tokenize(config, text), {})
     assert [(g.height, g.width) for g in layout.grids[0]] == [(9, 9)] * 3
+
+
+@pytest.mark.parametrize("col_tokens", [True, False])
+def test_video_grids_give_each_frame_its_shape(col_tokens):
+    from transformers import Molmo2Config
+
+    config = Molmo2Config()
+    proc = processor()
+    proc.video_use_col_tokens = col_tokens
+    text = proc.get_video_string(torch.tensor([2, 6, 8]), [0.0, 0.5])
+    layout = Molmo2Adapter().layout(config, tokenize(config, text), {"video_grids": torch.tensor([[2, 6, 8]])})
+    assert [(g.height, g.width) for g in layout.grids[0]] == [(6, 8)] * 2

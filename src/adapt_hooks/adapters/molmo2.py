@@ -59,8 +59,8 @@ class Molmo2Adapter(Adapter):
 
     @staticmethod
     def _grids_from_prompt(config, is_image: torch.Tensor, frames: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """One row's grids from its ``<im_patch>`` runs; a grid without ``<im_col>`` rows takes the
-        next of ``frames`` (consumed) when there is one, else it must be square."""
+        """One row's grids from its ``<im_patch>`` runs: each grid takes the next of ``frames``
+        (consumed) when there is one; else its ``<im_col>`` rows give its shape, or it is square."""
         index = torch.nonzero(is_image).flatten()
         if index.numel() == 0:
             return []
@@ -74,22 +74,23 @@ class Molmo2Adapter(Adapter):
             run = 1
             if gap == 2:  # one <im_col> between two rows of the same grid
                 continue
-            if len(runs) > 1:
-                if len(set(runs)) != 1:
-                    raise ValueError(f"{config.model_type}: a grid's <im_patch> rows have different lengths {runs}.")
-                grids.append((len(runs), runs[0]))
-            elif frames:
-                rows, cols = frames.pop(0)
-                if rows * cols != runs[0]:
-                    raise ValueError(f"{config.model_type}: a frame of {runs[0]} tokens, but video_grids gives {rows}x{cols}.")
-                grids.append((rows, cols))
-            else:
-                side = math.isqrt(runs[0])
-                if side * side != runs[0]:
+            size = sum(runs)
+            if len(runs) > 1 and len(set(runs)) != 1:
+                raise ValueError(f"{config.model_type}: a grid's <im_patch> rows have different lengths {runs}.")
+            grid = (len(runs), runs[0]) if len(runs) > 1 else None
+            if frames:
+                frame = frames.pop(0)
+                if frame[0] * frame[1] != size or grid not in (None, frame):
+                    raise ValueError(f"{config.model_type}: a frame of {grid or size} tokens, but video_grids gives {frame}.")
+                grid = frame
+            if grid is None:
+                side = math.isqrt(size)
+                if side * side != size:
                     raise ValueError(
-                        f"{config.model_type}: a run of {runs[0]} image tokens with no <im_col> rows is not square; "
+                        f"{config.model_type}: a run of {size} image tokens with no <im_col> rows is not square; "
                         "pass image_grids (or video_grids) as the processor returns them."
                     )
-                grids.append((side, side))
+                grid = (side, side)
+            grids.append(grid)
             runs = []
         return grids
