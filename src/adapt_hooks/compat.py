@@ -207,11 +207,13 @@ class ImageCapture:
     """While installed, records the inputs of the last ``get_image_features`` call that ``generate``
     makes on ``model.base_model`` before the prefill, and the number of images it encoded (the
     output is expanded in place for beams afterwards), so that a contrast stream can encode other
-    pixels the same way. Installed as an instance attribute; :meth:`remove` restores the method."""
+    pixels the same way. Installed as an instance attribute; :meth:`remove` restores the method, or the
+    capture installed before it (a guard and a drift injection nest)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.owner = model.base_model
         self.encode = getattr(self.owner, "get_image_features", None)
+        self._previous = vars(self.owner).get("get_image_features")  # a capture installed before this one
         self.last: tuple[dict, object, int] | None = None
         self._record = None
         if self.encode is not None:
@@ -233,7 +235,10 @@ class ImageCapture:
 
     def remove(self) -> None:
         if self._record is not None and vars(self.owner).get("get_image_features") is self._record:
-            del self.owner.get_image_features
+            if self._previous is None:
+                del self.owner.get_image_features
+            else:
+                self.owner.get_image_features = self._previous
         self.last = None
 
 

@@ -13,10 +13,13 @@ from .gemma3 import Gemma3Adapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .lfm2_vl import Lfm2VlAdapter
+from .lfm3_vl import Lfm3VlAdapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
+from .molmo2 import Molmo2Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2_5VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
@@ -93,6 +96,9 @@ for _adapter in (
     LlavaNextVideoAdapter(),
     QwenOmniThinkerAdapter(),
     Ernie45VLAdapter(),
+    Lfm2VlAdapter(),
+    Lfm3VlAdapter(),
+    Molmo2Adapter(),
 ):
     register_adapter(_adapter)
 

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, lfm2_vl, lfm3_vl, llava, llava_next, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -80,6 +80,11 @@ register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs)
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
 register_tiny_family("aya_vision", TinyFamily(partial(aya_vision.config, "aya_vision"), aya_vision.inputs))
+register_tiny_family("lfm2_vl", TinyFamily(lfm2_vl.config, lfm2_vl.inputs))
+if installed("lfm3_vl"):
+    register_tiny_family("lfm3_vl", TinyFamily(lfm3_vl.config, lfm3_vl.inputs))
+if installed("molmo2"):
+    register_tiny_family("molmo2", TinyFamily(molmo2.config, molmo2.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
