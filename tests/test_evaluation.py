@@ -303,3 +303,43 @@ def test_eval_amber_and_bad_input(tmp_path):
     assert bad.returncode == 2 and "unknown" in bad.stderr
     missing = _cli("--model", "tiny", "--benchmark", "chair", "--data", data, "--out", tmp_path / "x.json", cwd=tmp_path)
     assert missing.returncode == 2 and "instances" in missing.stderr
+
+
+# -- one pipeline, two entry points ----------------------------------------------------------------
+def test_eval_reproduces_the_evidence_benchmark_on_its_own_scenes(tmp_path):
+    """The evidence benchmark's held-out scenes exported to COCO / POPE files and run through
+    ``adapt-hooks eval``'s pipeline give the benchmark's own CHAIR and POPE figures exactly."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from evidence import metrics as evidence_metrics
+    from evidence.evaluate import answer_yes, build_suite, describe, truth
+
+    from adapt_hooks.evaluation import runner
+    from adapt_hooks.evaluation.shapes_export import export_coco
+    from adapt_hooks.shapes import model as shapes
+    from adapt_hooks.shapes import text
+
+    torch.set_num_threads(1)
+    suite = build_suite(0, n_per_kind=4, n_control=0)
+    scenes = suite.adversarial
+    index = {id(s): n for n, s in enumerate(scenes)}
+    questions = [(index[id(s)], k, y) for s, k, y in zip(suite.pope_scenes, suite.pope_kinds, suite.pope_labels)]
+    data = export_coco(scenes, tmp_path / "shapes", questions=questions)
+    model, processor = shapes.load_model(attn_implementation="sdpa"), shapes.load_processor()
+
+    described = describe(model, scenes)
+    expected_chair = evidence_metrics.chair([text.mentions(i) for i in described.ids], truth(scenes))
+    expected_pope = evidence_metrics.pope(answer_yes(model, suite.pope_scenes, suite.pope_kinds), suite.pope_labels)
+
+    prompts = runner.Prompts(describe=text.DESCRIBE)
+    tasks = [runner.chair_task(data, None, prompts, 24, vocabulary="categories"),
+             *runner.pope_tasks(data, None, prompts, 2, 0, ["adversarial"])]  # fmt: skip
+    record = runner.Run("shapes", "chair+pope", tasks, ["plain"], tmp_path / "out.json", batch_size=16, n_boot=20).execute(
+        model, processor, progress=False)  # fmt: skip
+    got = record["metrics"]["plain"]
+    assert [record["answers"]["plain"][str(n + 1)] for n in range(len(scenes))] == [text.decode(i) for i in described.ids]
+    for name in ("CHAIR_i", "CHAIR_s", "recall"):
+        assert got["chair"][name]["value"] == pytest.approx(expected_chair[name], abs=1e-12), name
+    for name in ("accuracy", "precision", "recall", "F1", "yes_ratio"):
+        assert got["pope-adversarial"][name]["value"] == pytest.approx(expected_pope[name], abs=1e-12), name
