@@ -1,6 +1,7 @@
 """The ``adapt-hooks`` command: ``demo`` (the shipped shapes VLM, no download), ``run`` (a real
-checkpoint on one image), ``debias`` (estimate a debias mask), ``check`` (is the installed
-transformers one the guard works with) and ``coverage`` (which model types it supports). Bad
+checkpoint on one image), ``eval`` (CHAIR, POPE or AMBER from local files, every method side by
+side), ``debias`` (estimate a debias mask), ``check`` (is the installed transformers one the
+guard works with) and ``coverage`` (which model types it supports). Bad
 input ends with one clear line on stderr and exit status 2; a failed check with exit status 1."""
 
 from __future__ import annotations
@@ -94,6 +95,60 @@ def run(args: argparse.Namespace) -> None:
     _compare(model, processor, image, args.prompt, args)
 
 
+def _eval_model(name: str, device: torch.device, dtype: str):
+    """``tiny`` (the random-weight tiny LLaVA), ``shapes`` (the shipped shapes VLM) or a checkpoint."""
+    if name == "tiny":
+        from .tiny import tiny_model
+        from .tiny.llava import processor
+
+        return tiny_model("llava", "sdpa").to(device).eval(), processor()
+    if name == "shapes":
+        from .shapes import model as shapes
+
+        return shapes.load_model(attn_implementation="sdpa").to(device), shapes.load_processor()
+    return _load(name, device, dtype)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    """Generate with every method on the benchmark's images, score, write JSON, markdown and a plot."""
+    from .evaluation import methods as eval_methods
+    from .evaluation import pope, runner
+
+    names = eval_methods.parse_methods(args.methods)
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CommandError(f"--data {args.data!r}: no such folder")
+    for flag in ("limit", "batch_size", "answer_tokens", "n_boot", "pope_images"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    prompts = runner.Prompts(describe=args.prompt, question=args.question)
+    if args.benchmark == "chair":
+        tasks = [runner.chair_task(data, args.limit, prompts, args.max_new_tokens, args.vocabulary)]
+    elif args.benchmark == "pope":
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+        if not splits or set(splits) - set(pope.SPLITS):
+            raise CommandError(f"--splits {args.splits!r}: choose among {', '.join(pope.SPLITS)}")
+        tasks = runner.pope_tasks(data, args.limit, prompts, args.answer_tokens, args.seed, splits, args.pope_images)
+    else:
+        tasks = runner.amber_tasks(data, args.limit, args.max_new_tokens, args.answer_tokens)
+    settings = {"data": str(data.resolve()), "limit": args.limit, "max_new_tokens": args.max_new_tokens,
+                "answer_tokens": args.answer_tokens, "prompt": args.prompt, "question": args.question, "seed": args.seed,
+                "splits": args.splits, "pope_images": args.pope_images, "vocabulary": args.vocabulary,
+                "dtype": args.dtype}  # fmt: skip
+    out = Path(args.out)
+    job = runner.Run(args.model, args.benchmark, tasks, names, out, args.batch_size, args.seed, args.n_boot, settings)
+    job.load()  # refuse a mismatching output file before loading the model
+    model, processor = _eval_model(args.model, _device(args.device), args.dtype)
+    record = job.execute(model, processor, progress=not args.no_progress)
+    table = runner.markdown(record)
+    out.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    picture = runner.plot(record, out.with_suffix(".png"))
+    print(f"wrote {picture}" if picture else "no plot: matplotlib is not installed (pip install \"adapt-hooks[plot]\")")
+
+
 def debias(args: argparse.Namespace) -> None:
     device = _device(args.device)
     model, processor = _load(args.model, device, args.dtype)
@@ -149,10 +204,16 @@ def _loading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype")
 
 
+def _default_prompt() -> str:
+    from .evaluation.runner import DESCRIBE
+
+    return DESCRIBE
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="adapt-hooks", description="Keep a VLM's attention on the image (ADAPT).")
     top.add_argument("--version", action="version", version=f"adapt-hooks {__version__}")
-    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,debias,check,coverage}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="{demo,run,eval,debias,check,coverage}")
     p = commands.add_parser("demo", help="the shipped shapes VLM catching its own hallucination (no download)",
                             description="The shapes VLM shipped with the package names an object that is not in a "
                             "held-out scene: prints its answer word by word with the early-warning risk, the answers "
@@ -169,6 +230,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--risk", help="a risk model fitted for this model (adapt_hooks.fit_risk): print each token's risk")
     _common(p, seed=False)  # greedy decoding: nothing to seed
     p.set_defaults(handler=run)
+    p = commands.add_parser("eval", help="CHAIR, POPE or AMBER from local files, every method side by side",
+                            description="Generate with each method on the same images of a benchmark on disk (batched, "
+                            "resumable from --out), then write every answer and the metrics with bootstrap 95 % "
+                            "intervals and paired comparisons against plain (JSON), a markdown table (.md) and a plot "
+                            "(.png, with matplotlib). --model tiny or shapes runs the package's own small models.")
+    p.add_argument("--model", required=True, help="checkpoint folder or hub id, or 'tiny' / 'shapes' (no download)")
+    p.add_argument("--benchmark", required=True, choices=["chair", "pope", "amber"], help="which benchmark")
+    p.add_argument("--data", required=True, help="the benchmark's folder (see docs/evaluation.md for the layout)")
+    p.add_argument("--methods", default="plain,guard,pai,vcd",
+                   help="comma-separated: plain, observe, guard, pai, pai-cfg, vcd, guard+vcd (default: plain,guard,pai,vcd)")
+    p.add_argument("--out", required=True, help="output JSON file (also FILE.md and FILE.png); a run resumes from it")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images (AMBER: N queries of each kind)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="new tokens of a description (default: 512)")
+    p.add_argument("--answer-tokens", type=int, default=8, help="new tokens of a yes/no answer (default: 8)")
+    p.add_argument("--prompt", default=_default_prompt(), help="the description prompt of CHAIR")
+    p.add_argument("--question", default="Is there a {} in the image?", help="POPE question built from annotations ({} is the object)")
+    p.add_argument("--splits", default="random,popular,adversarial", help="POPE splits (default: all three)")
+    p.add_argument("--pope-images", type=int, default=500, help="images per built POPE split (default: 500)")
+    p.add_argument("--vocabulary", default="coco", choices=["coco", "categories"],
+                   help="CHAIR's objects: the 80 COCO categories with synonyms, or the instances file's category names")
+    p.add_argument("--seed", type=int, default=0, help="seed of the POPE sampling and of the bootstrap (default: 0)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights dtype")
+    p.set_defaults(handler=evaluate)
     p = commands.add_parser("debias", help="estimate a debias mask on noise images",
                             description="Run the model on noise images and save its spatial-bias mask (safetensors).")
     _loading(p)
