@@ -247,13 +247,14 @@ def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mappin
     if captured is None:
         return kwargs
     encoder_inputs, n_images = captured
-    extra = {k: v for k, v in encoder_inputs.items() if k not in kwargs and k not in PIXEL_KEYWORDS}
+    # a prefill may name them with None (MiniCPM-V's prepare_inputs_for_generation passes target_sizes=None)
+    extra = {k: v for k, v in encoder_inputs.items() if kwargs.get(k) is None and k not in PIXEL_KEYWORDS}
     pooled = getattr(encoded, "pooler_output", None)
     if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:
         order = _expanded_images(model, input_ids, [len(p) for p in pooled], n_images)
         if order is not None:
             extra = {k: v[order] if isinstance(v, torch.Tensor) and v.shape[:1] == (n_images,) else v for k, v in extra.items()}
-    return {**extra, **kwargs}
+    return {**kwargs, **extra}
 
 
 def _expanded_images(model: nn.Module, input_ids: torch.Tensor, lengths: list[int], n_images: int) -> torch.Tensor | None:

@@ -13,8 +13,10 @@ from .gemma3 import Gemma3Adapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .kimi_k25 import KimiK25Adapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from .minicpmv import MiniCPMV4_6Adapter, MiniCPMV4_7Adapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
@@ -92,6 +94,9 @@ for _adapter in (
     LlavaNextVideoAdapter(),
     QwenOmniThinkerAdapter(),
     Ernie45VLAdapter(),
+    KimiK25Adapter(),
+    MiniCPMV4_6Adapter(),
+    MiniCPMV4_7Adapter(),
 ):
     register_adapter(_adapter)
 

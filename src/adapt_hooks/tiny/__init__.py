@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, kimi_k25, llava, llava_next, minicpmv, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -80,6 +80,10 @@ register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs)
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
 register_tiny_family("aya_vision", TinyFamily(partial(aya_vision.config, "aya_vision"), aya_vision.inputs))
+register_tiny_family("kimi_k25", TinyFamily(kimi_k25.config, kimi_k25.inputs))
+register_tiny_family("minicpmv4_6", TinyFamily(partial(minicpmv.config, "minicpmv4_6"), minicpmv.inputs))
+if installed("minicpmv4_7"):
+    register_tiny_family("minicpmv4_7", TinyFamily(partial(minicpmv.config, "minicpmv4_7"), minicpmv.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
