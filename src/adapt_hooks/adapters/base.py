@@ -73,6 +73,10 @@ class Adapter:
     model_types: tuple[str, ...] = ()
     #: An example checkpoint, for documentation and error messages.
     example_checkpoint: str = ""
+    #: Forward inputs that pack every image of the batch along their last axis (NaViT packing,
+    #: ``[1, C, P, patches * P]``) instead of stacking images along the first; contrast streams
+    #: append their images there.
+    packed_inputs: frozenset[str] = frozenset()
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The text decoder's layers (``model.get_decoder().layers``)."""

@@ -28,7 +28,9 @@ Decisions:
 The grids come from ``target_sizes`` (and ``downsample_mode``, when given): a prefill kwarg before
 transformers 5.23 (not expanded for beams: MiniCPM-V encodes once and repeats the features), and
 from 5.23 on an input of the image encoder that ``generate`` runs first, which the guard records.
-The decoder is Qwen3.5's hybrid: Gated DeltaNet linear-attention layers keep no keys, so only the
+Pixels are NaViT-packed, every unit of the batch along the last axis of a ``[1, 3, P, n * P]``
+``pixel_values`` (``packed_inputs``: contrast streams append their images there). The decoder is
+Qwen3.5's hybrid: Gated DeltaNet linear-attention layers keep no keys, so only the
 ``full_attention`` layers are hooked.
 """
 
@@ -40,6 +42,7 @@ from .base import Adapter, grids_per_row
 class MiniCPMV4_6Adapter(Adapter):
     model_types = ("minicpmv4_6",)
     example_checkpoint = "openbmb/MiniCPM-V-4.6"
+    packed_inputs = frozenset({"pixel_values", "pixel_values_videos"})
 
     def row_grids(self, config, is_image, n_tokens, inputs):
         if not any(n_tokens):
