@@ -78,3 +78,24 @@ def test_grids_per_row_of_two_beams(units):
 def test_grids_per_row_that_do_not_fit():
     assert grids_per_row([A, B], [8, 12]) is None
     assert grids_per_row([A, B, C], [8, 8]) is None
+
+
+def test_kimi_image_and_video_prompt_gives_the_image_grid():
+    """Kimi encodes videos through get_image_features: from 5.23 on, the guard still finds the
+    images' encoder inputs (the video call comes after them)."""
+    import adapt_hooks
+    from adapt_hooks.tiny import tiny_inputs, tiny_model
+    from adapt_hooks.tiny._common import VIDEO, VISION_END, VISION_START
+
+    model = tiny_model("kimi_k25")
+    inputs = tiny_inputs(model, 1)
+    ids = inputs["input_ids"][0].tolist()
+    ids = ids[:1] + [VISION_START, 10, 8] + [VIDEO] * 4 + [VISION_END] + ids[1:]  # a 2-frame 4 x 4 patch clip
+    inputs = dict(
+        inputs, input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        pixel_values_videos=torch.randn(32, 3, 4, 4), video_grid_thw=torch.tensor([[2, 4, 4]]),
+    )
+    expected = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with adapt_hooks.guard(model) as run:
+        assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected)
+        assert _grids(run._layout) == [[(2, 4)]]

@@ -204,7 +204,7 @@ def unregister(name: str) -> None:
 
 # -- the vision encoder that generate runs before the prefill (5.23 and newer) ---------------------
 class ImageCapture:
-    """While installed, records the inputs of the last ``get_image_features`` call that ``generate``
+    """While installed, records the inputs of the last ``get_image_features`` calls that ``generate``
     makes on ``model.base_model`` before the prefill, and the number of images it encoded (the
     output is expanded in place for beams afterwards), so that a contrast stream can encode other
     pixels the same way. Installed as an instance attribute; :meth:`remove` restores the method."""
@@ -212,7 +212,9 @@ class ImageCapture:
     def __init__(self, model: nn.Module) -> None:
         self.owner = model.base_model
         self.encode = getattr(self.owner, "get_image_features", None)
-        self.last: tuple[dict, object, int] | None = None
+        #: The last two calls: a generate encodes the images, then the videos, and some models
+        #: (Kimi K2.5, MiniCPM-V) encode videos through get_image_features too.
+        self.calls: list[tuple[dict, object, int]] = []
         self._record = None
         if self.encode is not None:
 
@@ -220,21 +222,19 @@ class ImageCapture:
             def record(*args, **kwargs):
                 output = self.encode(*args, **kwargs)
                 pooled = getattr(output, "pooler_output", None)
-                self.last = (dict(kwargs), output, 0 if pooled is None or args else len(pooled))
+                self.calls = [*self.calls[-1:], (dict(kwargs), output, 0 if pooled is None or args else len(pooled))]
                 return output
 
             self._record = self.owner.get_image_features = record
 
     def inputs_for(self, encoded: object) -> tuple[dict, int] | None:
         """``(encoder inputs, images encoded)`` of the call that produced ``encoded``, or ``None``."""
-        if self.last is None or self.last[1] is not encoded:
-            return None
-        return self.last[0], self.last[2]
+        return next(((inputs, n) for inputs, output, n in reversed(self.calls) if output is encoded), None)
 
     def remove(self) -> None:
         if self._record is not None and vars(self.owner).get("get_image_features") is self._record:
             del self.owner.get_image_features
-        self.last = None
+        self.calls = []
 
 
 def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mapping[str, object], input_ids) -> Mapping[str, object]:
