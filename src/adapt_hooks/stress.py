@@ -142,6 +142,7 @@ class DriftInjection(Installed):
         self._swap: AttentionSwap | None = None  # this injection's own registration, when no guard is active
         self._swapped = None  # the guard interceptor whose base this injection replaced
         self._base = None
+        self._capture: compat.ImageCapture | None = None  # the image encoder's inputs (5.23 on), while installed
         self._begin(None)
 
     def __repr__(self) -> str:
@@ -172,6 +173,7 @@ class DriftInjection(Installed):
         else:
             self._base, mask_builder = resolve_base(current, self._modules[0])
             self._swap = AttentionSwap(self.model, "adapt_hooks_drift", self, mask_builder)
+        self._capture = compat.ImageCapture(self.model)
         # first among the model's pre-hooks: it sees the user's rows before a guard adds streams
         self._hooks = [self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True, prepend=True)]
 
@@ -187,6 +189,9 @@ class DriftInjection(Installed):
         if self._swap is not None:
             self._swap.remove()
             self._swap = None
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         self._begin(None)
 
     # -- per prompt / step ----------------------------------------------------------------------
@@ -203,7 +208,8 @@ class DriftInjection(Installed):
         cache = compat.forward_cache(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
-            layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, kwargs)
+            seen = compat.layout_inputs(self.model, self._capture, kwargs, input_ids)
+            layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, seen)
             self._begin(layout)
         else:
             self._step += 1
