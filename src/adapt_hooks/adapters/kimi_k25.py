@@ -13,9 +13,13 @@ Decisions:
 - Video chunks use their own placeholder (``video_token_id``) and are not image keys.
 - Several images in a row simply contribute their grids in order.
 
-The grids come from ``image_grid_thw``: a prefill kwarg before transformers 5.23 (repeated in
-place for beams, each image ``num_beams`` times), and from 5.23 on an input of the image encoder
-that ``generate`` runs before the prefill, which the guard records and hands back. The decoder is
+The grids come from ``image_grid_thw``: a prefill kwarg before transformers 5.23, and from 5.23
+on an input of the image encoder that ``generate`` runs before the prefill, which the guard records
+and hands back. For beams, 5.17's ``generate`` repeats it in place (each image ``num_beams`` times)
+as it does ``pixel_values``, whose patches it so duplicates one by one: the model's image features
+are then scrambled, with or without a guard (a transformers bug, gone from 5.23). The grids are
+read in place order first, so a prompt of several images of one token count but different shapes
+could be misread there; the tokens' features are meaningless in that case anyway. The decoder is
 DeepSeek-V3's (multi-head latent attention, MoE MLPs): every layer attends over the whole cache
 and is hooked.
 """

@@ -26,8 +26,11 @@ Decisions:
   order.
 
 The grids come from ``target_sizes`` (and ``downsample_mode``, when given): a prefill kwarg before
-transformers 5.23 (not expanded for beams: MiniCPM-V encodes once and repeats the features), and
-from 5.23 on an input of the image encoder that ``generate`` runs first, which the guard records.
+transformers 5.23, and from 5.23 on an input of the image encoder that ``generate`` runs first,
+which the guard records. For beams, 5.17's MiniCPM-V leaves it once per sample, encodes once and
+repeats the whole batch's features ``num_beams`` times, so with several samples a beam row gets
+another sample's features (a transformers bug; the grids still describe each row's own tokens).
+5.17's window-attention merger also takes every unit of a call to have the first one's size.
 Pixels are NaViT-packed, every unit of the batch along the last axis of a ``[1, 3, P, n * P]``
 ``pixel_values`` (``packed_inputs``: contrast streams append their images there). The decoder is
 Qwen3.5's hybrid: Gated DeltaNet linear-attention layers keep no keys, so only the
