@@ -204,7 +204,7 @@ def unregister(name: str) -> None:
 
 # -- the vision encoder that generate runs before the prefill (5.23 and newer) ---------------------
 class ImageCapture:
-    """While installed, records the inputs of the last ``get_image_features`` call that ``generate``
+    """While installed, records the inputs of the last ``get_image_features`` calls that ``generate``
     makes on ``model.base_model`` before the prefill, and the number of images it encoded (the
     output is expanded in place for beams afterwards), so that a contrast stream can encode other
     pixels the same way. Installed as an instance attribute; :meth:`remove` restores the method, or the
@@ -214,7 +214,9 @@ class ImageCapture:
         self.owner = model.base_model
         self.encode = getattr(self.owner, "get_image_features", None)
         self._previous = vars(self.owner).get("get_image_features")  # a capture installed before this one
-        self.last: tuple[dict, object, int] | None = None
+        #: The last two calls: a generate encodes the images, then the videos, and some models
+        #: (Kimi K2.5, MiniCPM-V) encode videos through get_image_features too.
+        self.calls: list[tuple[dict, object, int]] = []
         self._record = None
         if self.encode is not None:
 
@@ -222,16 +224,14 @@ class ImageCapture:
             def record(*args, **kwargs):
                 output = self.encode(*args, **kwargs)
                 pooled = getattr(output, "pooler_output", None)
-                self.last = (dict(kwargs), output, 0 if pooled is None or args else len(pooled))
+                self.calls = [*self.calls[-1:], (dict(kwargs), output, 0 if pooled is None or args else len(pooled))]
                 return output
 
             self._record = self.owner.get_image_features = record
 
     def inputs_for(self, encoded: object) -> tuple[dict, int] | None:
         """``(encoder inputs, images encoded)`` of the call that produced ``encoded``, or ``None``."""
-        if self.last is None or self.last[1] is not encoded:
-            return None
-        return self.last[0], self.last[2]
+        return next(((inputs, n) for inputs, output, n in reversed(self.calls) if output is encoded), None)
 
     def remove(self) -> None:
         if self._record is not None and vars(self.owner).get("get_image_features") is self._record:
@@ -239,7 +239,7 @@ class ImageCapture:
                 del self.owner.get_image_features
             else:
                 self.owner.get_image_features = self._previous
-        self.last = None
+        self.calls = []
 
 
 def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mapping[str, object], input_ids) -> Mapping[str, object]:
@@ -252,13 +252,14 @@ def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mappin
     if captured is None:
         return kwargs
     encoder_inputs, n_images = captured
-    extra = {k: v for k, v in encoder_inputs.items() if k not in kwargs and k not in PIXEL_KEYWORDS}
+    # a prefill may name them with None (MiniCPM-V's prepare_inputs_for_generation passes target_sizes=None)
+    extra = {k: v for k, v in encoder_inputs.items() if kwargs.get(k) is None and k not in PIXEL_KEYWORDS}
     pooled = getattr(encoded, "pooler_output", None)
     if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:
         order = _expanded_images(model, input_ids, [len(p) for p in pooled], n_images)
         if order is not None:
             extra = {k: v[order] if isinstance(v, torch.Tensor) and v.shape[:1] == (n_images,) else v for k, v in extra.items()}
-    return {**extra, **kwargs}
+    return {**kwargs, **extra}
 
 
 def _expanded_images(model: nn.Module, input_ids: torch.Tensor, lengths: list[int], n_images: int) -> torch.Tensor | None:

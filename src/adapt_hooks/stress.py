@@ -142,7 +142,7 @@ class DriftInjection(Installed):
         self._swap: AttentionSwap | None = None  # this injection's own registration, when no guard is active
         self._swapped = None  # the guard interceptor whose base this injection replaced
         self._base = None
-        self._capture: compat.ImageCapture | None = None  # the image encoder's inputs, while installed
+        self._capture: compat.ImageCapture | None = None  # the image encoder's inputs (5.23 on), while installed
         self._begin(None)
 
     def __repr__(self) -> str:

@@ -15,8 +15,10 @@ from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .lfm2_vl import Lfm2VlAdapter
 from .lfm3_vl import Lfm3VlAdapter
+from .kimi_k25 import KimiK25Adapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
+from .minicpmv import MiniCPMV4_6Adapter, MiniCPMV4_7Adapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .molmo2 import Molmo2Adapter
@@ -99,6 +101,9 @@ for _adapter in (
     Lfm2VlAdapter(),
     Lfm3VlAdapter(),
     Molmo2Adapter(),
+    KimiK25Adapter(),
+    MiniCPMV4_6Adapter(),
+    MiniCPMV4_7Adapter(),
 ):
     register_adapter(_adapter)
 

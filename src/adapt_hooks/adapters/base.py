@@ -30,6 +30,41 @@ def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
     return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == FULL or (kind == SLIDING and wide)]
 
 
+def grids_per_row(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> list[list[tuple[int, int]]] | None:
+    """Split per-image (or per-slice) grids, listed in prompt order, among the rows that hold
+    ``n_tokens`` image tokens each; ``None`` when they do not fit. Besides one entry per image of
+    every row, it accepts what ``generate`` makes of per-image inputs for beams before 5.23: each
+    entry repeated ``e`` times in place (``repeat_interleave``), or left as it was, once per sample,
+    while every sample's row is repeated ``e`` times."""
+    rows = _take_in_order(units, n_tokens)
+    if rows is not None:
+        return rows
+    batch = len(n_tokens)
+    for e in range(2, batch + 1):
+        samples = n_tokens[::e]
+        if batch % e or any(n_tokens[i] != samples[i // e] for i in range(batch)):
+            continue
+        once = list(units[::e]) if len(units) % e == 0 and all(units[i] == units[i - i % e] for i in range(len(units))) else None
+        for candidate in (units, once):
+            per_sample = None if candidate is None else _take_in_order(candidate, samples)
+            if per_sample is not None:
+                return [row for row in per_sample for _ in range(e)]
+    return None
+
+
+def _take_in_order(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> list[list[tuple[int, int]]] | None:
+    rows, i = [], 0
+    for n in n_tokens:
+        row, held = [], 0
+        while held < n and i < len(units):
+            row.append(tuple(units[i]))
+            held, i = held + units[i][0] * units[i][1], i + 1
+        if held != n:
+            return None
+        rows.append(row)
+    return rows if i == len(units) else None
+
+
 class Adapter:
     """Per-family knowledge: which attention modules to hook, the image token id, and how one
     row's image tokens split into 2-D grids. Subclasses override :meth:`row_grids`."""
@@ -38,6 +73,10 @@ class Adapter:
     model_types: tuple[str, ...] = ()
     #: An example checkpoint, for documentation and error messages.
     example_checkpoint: str = ""
+    #: Forward inputs that pack every image of the batch along their last axis (NaViT packing,
+    #: ``[1, C, P, patches * P]``) instead of stacking images along the first; contrast streams
+    #: append their images there.
+    packed_inputs: frozenset[str] = frozenset()
 
     def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The text decoder's layers (``model.get_decoder().layers``)."""

@@ -66,7 +66,7 @@ class Guard(Installed):
         self.methods, self._editing = self._check_methods(methods)
         self._active: list[list[Method]] = [[] for _ in self.layers]  # the current prompt's (none in training)
         self._next_token: list[Method] = []  # the current prompt's methods that edit the next-token logits
-        self._streams = Streams(model, self.methods)
+        self._streams = Streams(model, self.methods, self.adapter.packed_inputs)
         self._capture: compat.ImageCapture | None = None  # the image encoder's inputs, while installed
         self._prompt: Prompt | None = None
         self._swap: AttentionSwap | None = None  # the interceptor's registration, while installed

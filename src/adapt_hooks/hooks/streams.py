@@ -32,8 +32,9 @@ def batch_axis(name: str, value: torch.Tensor) -> int | None:
 class Streams:
     """The contrast rows of a guard's contrast methods (in list order) for the current prompt."""
 
-    def __init__(self, model: nn.Module, methods: Sequence[Method]) -> None:
+    def __init__(self, model: nn.Module, methods: Sequence[Method], packed: frozenset[str] = frozenset()) -> None:
         self.model = model
+        self.packed = packed  # inputs whose images lie along the last axis (the adapter's packed_inputs)
         self.methods = [m for m in methods if m.contrast is not None]
         self.capture: compat.ImageCapture | None = None
         self.batch: int | None = None  # the user's rows of the current prompt; None: no streams now
@@ -137,7 +138,8 @@ class Streams:
     def _encode(self, images: dict, copies: list[dict], input_ids: torch.Tensor):
         """One vision pass over the images of every stream (user's first), expanded for beams."""
         stacked = {
-            k: torch.cat([v] + [c[k] for c in copies], 0) if isinstance(v, torch.Tensor) else v for k, v in images.items()
+            k: torch.cat([v] + [c[k] for c in copies], -1 if k in self.packed else 0) if isinstance(v, torch.Tensor) else v
+            for k, v in images.items()
         }
         encoded = compat.encode_images(self.capture, stacked)
         samples = input_ids[:: self._expand]
@@ -155,7 +157,7 @@ class Streams:
             if not isinstance(value, torch.Tensor) or batch_axis(name, value) is None:
                 combined[name] = value
                 continue
-            axis = batch_axis(name, value)
+            axis = -1 if name in self.packed else batch_axis(name, value)
             if decode and value.shape[axis] == batch * self.count:
                 combined[name] = value
                 continue
