@@ -18,7 +18,10 @@ Grid shapes come from ``image_grid_thw`` (every image of the batch in order, in 
 guard adds it back where ``generate`` encodes images before the prefill). transformers before 5.23
 repeats each of its rows in place for beams (``A A B B`` where the rows need ``A B A B``) and
 mangles the M-RoPE ``position_ids`` of the expanded rows, so the grids are then read from the
-de-interleaved ``image_grid_thw``, each sample's images repeated for its beams.
+de-interleaved ``image_grid_thw``, each sample's images repeated for its beams. A call without
+``image_grid_thw`` is read from its M-RoPE ``position_ids``, whose last three channels are
+``(width, height, image index)``: width runs over ``0 .. w'`` (the newline slot included) and
+height over ``0 .. h' - 1`` inside each image's span.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ class HunYuanVLAdapter(Adapter):
     def row_grids(self, config, is_image, n_tokens, inputs):
         thw = inputs.get("image_grid_thw")
         if thw is None:
-            if any(n_tokens):
+            grids = _grids_from_mrope(is_image, inputs.get("position_ids"))
+            if grids is None and any(n_tokens):
                 raise ValueError(
-                    f"{config.model_type}: the prompt has image tokens but the forward call has no `image_grid_thw`; "
-                    "pass it as the processor returns it."
+                    f"{config.model_type}: the prompt has image tokens but the forward call has neither "
+                    "`image_grid_thw` nor M-RoPE `position_ids` that place them; pass image_grid_thw as the processor "
+                    "returns it."
                 )
-            return [[] for _ in n_tokens]
+            return grids or [[] for _ in n_tokens]
         merge = config.vision_config.spatial_merge_size
         images = [image_spec(int(h) // merge, int(w) // merge) for _, h, w in torch.as_tensor(thw).tolist()]
         for expand in range(1, len(n_tokens) + 1):
@@ -63,6 +68,29 @@ class HunYuanVLAdapter(Adapter):
 
 
 _SPAN = "h' * (w' + 1) + 2"
+
+
+def _grids_from_mrope(is_image: torch.Tensor, positions) -> list[list[GridSpec]] | None:
+    """Each row's grids from the width and height channels of its M-RoPE ``position_ids``
+    ``[axes, B, L]``, one image per run of image tokens (the start and end tokens part them);
+    ``None`` when the call has no such positions or a run is not one image."""
+    if not isinstance(positions, torch.Tensor) or positions.ndim != 3 or positions.shape[0] < 3:
+        return None
+    grids = []
+    for b in range(is_image.shape[0]):
+        index = torch.nonzero(is_image[b]).flatten()
+        runs = torch.tensor_split(index, (torch.nonzero(index.diff() != 1).flatten() + 1).tolist()) if len(index) else ()
+        row = []
+        for run in runs:
+            if run.numel() < 3:
+                return None
+            width, height = positions[-3:-1, b, run[1:-1].to(positions.device)]
+            spec = image_spec(int(height.max()) + 1, int(width.max()))
+            if spec.width < 1 or spec.span != run.numel():
+                return None
+            row.append(spec)
+        grids.append(row)
+    return grids
 
 
 def _fit(images: list[GridSpec], n_tokens, expand: int) -> list[list[GridSpec]] | None:
