@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import types
 
+import pytest
 import torch
 from transformers import InternVLConfig
 from transformers.models.internvl.processing_internvl import InternVLProcessor
@@ -51,3 +52,54 @@ def test_several_images_and_rows_with_padding():
     assert [len(g) for g in layout.grids] == [4, 1]
     assert layout.valid.sum(-1).tolist() == [4 * 256, 256]
     assert int(layout.positions[1, 0]) == len(row0) - len(row1) + 1  # after the left padding and <img>
+
+
+def _tiny_with_text(text_config, attn: str = "eager"):
+    """The tiny InternVL with another text backbone, as InternVL3 / InternVL3.5 checkpoints bring
+    (Qwen2 in the battery's tiny model; Qwen3, Qwen3-MoE and GPT-OSS here)."""
+    from transformers import AutoModelForImageTextToText
+
+    from adapt_hooks.tiny import internvl
+
+    base = internvl.config()
+    config = InternVLConfig(
+        vision_config=base.vision_config, text_config=text_config, image_token_id=base.image_token_id,
+        image_seq_length=base.image_seq_length, downsample_ratio=base.downsample_ratio,
+        vision_feature_select_strategy="default", vision_feature_layer=-1, pad_token_id=base.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation=attn).eval()
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = base.pad_token_id, None
+    return model, internvl.inputs(model, 2, True, torch.Generator().manual_seed(0))
+
+
+def _text_configs():
+    from transformers import GptOssConfig, Qwen3Config, Qwen3MoeConfig
+
+    from adapt_hooks.tiny._common import TEXT
+
+    moe = dict(num_experts_per_tok=2, head_dim=8)
+    return {
+        "qwen3": (Qwen3Config(**TEXT, head_dim=8), [0, 1, 2, 3]),
+        "qwen3_moe": (Qwen3MoeConfig(**TEXT, **moe, num_experts=4, moe_intermediate_size=32), [0, 1, 2, 3]),
+        # InternVL3.5-GPT-OSS: sliding layers (a 128-token window in the real model) alternate with full ones
+        "gpt_oss": (GptOssConfig(**TEXT, **moe, num_local_experts=4, sliding_window=8,
+                                 layer_types=["sliding_attention", "full_attention"] * 2), [1, 3]),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("backbone", ["qwen3", "qwen3_moe", "gpt_oss"])
+def test_newer_text_backbones_observe_exactly_and_steer(backbone):
+    import adapt_hooks
+    from adapt_hooks import Anchor, DriftMonitor
+
+    text_config, hooked = _text_configs()[backbone]
+    model, inputs = _tiny_with_text(text_config)
+    expected = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    with adapt_hooks.guard(model, monitor=DriftMonitor(steer=False)) as run:
+        got = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert torch.equal(got, expected) and run.layers == hooked
+    assert run.anchor.layout.grid_shapes == (((6, 6),), ((6, 6),) * 3)
+    with adapt_hooks.guard(model, anchor=Anchor(k=3), monitor=DriftMonitor(tau=1e9, alpha=2.0)) as run:
+        model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert run.monitor.intervention_rate == 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import AttentionInterface
 
@@ -109,7 +109,9 @@ def test_hand_written_decoding_loop_matches_generate(model):
         expected_rate = run.monitor.intervention_rate
     with adapt_hooks.guard(model, monitor=DriftMonitor(tau=1e9, alpha=2.0)) as run:
         with torch.no_grad():
-            out = model(**inputs, use_cache=True)
+            # the caller's own cache: Granite 4 Vision's text model makes none for a call without one
+            cache = DynamicCache(config=model.config.get_text_config())
+            out = model(**inputs, past_key_values=cache, use_cache=True)
             tokens = [out.logits[:, -1].argmax(-1, keepdim=True)]
             for _ in range(8):  # one row, no padding: decode calls need no attention mask
                 out = model(input_ids=tokens[-1], past_key_values=out.past_key_values, use_cache=True)

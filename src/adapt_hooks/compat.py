@@ -162,6 +162,17 @@ def encoded_images(kwargs: Mapping[str, object]):
     return encoded.get("image") if isinstance(encoded, Mapping) else None
 
 
+def image_features(encoded: object):
+    """The per-image features of an image encoder's output: its ``pooler_output``, or, for an
+    encoder that returns only DeepStack features (Granite 4 Vision: ``[(layer, [per image])]``),
+    those of its first group; ``None`` when it has neither."""
+    pooled = getattr(encoded, "pooler_output", None)
+    if pooled is None and getattr(encoded, "deepstack_features", None):
+        group = encoded.deepstack_features[0]
+        pooled = group[1] if isinstance(group, tuple) and not isinstance(group[1], torch.Tensor) else None
+    return pooled
+
+
 # -- attention dispatch -------------------------------------------------------------------------
 def text_attention(model: nn.Module) -> str | None:
     """The attention implementation the language model dispatches to (read at every forward)."""
@@ -223,7 +234,7 @@ class ImageCapture:
             @functools.wraps(self.encode)  # generate picks the encoder's inputs from its signature
             def record(*args, **kwargs):
                 output = self.encode(*args, **kwargs)
-                pooled = getattr(output, "pooler_output", None)
+                pooled = image_features(output)
                 self.calls = [*self.calls[-1:], (dict(kwargs), output, 0 if pooled is None or args else len(pooled))]
                 return output
 
@@ -254,7 +265,7 @@ def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mappin
     encoder_inputs, n_images = captured
     # a prefill may name them with None (MiniCPM-V's prepare_inputs_for_generation passes target_sizes=None)
     extra = {k: v for k, v in encoder_inputs.items() if kwargs.get(k) is None and k not in PIXEL_KEYWORDS}
-    pooled = getattr(encoded, "pooler_output", None)
+    pooled = image_features(encoded)
     if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:
         order = _expanded_images(model, input_ids, [len(p) for p in pooled], n_images)
         if order is not None:

@@ -32,23 +32,25 @@ class Grid:
 class GridSpec:
     """How an adapter describes one grid: ``height x width`` tokens, row-major, taken in order
     from the row's image tokens. ``row_stride`` > ``width`` skips tokens after each grid row
-    (e.g. an image-newline token that carries the image id) and ``trailing`` skips tokens after
-    the grid; skipped tokens are not image keys."""
+    (e.g. an image-newline token that carries the image id), ``leading`` skips tokens before the
+    grid and ``trailing`` after it (begin/end slots); skipped tokens are not image keys."""
 
     height: int
     width: int
     row_stride: int | None = None
     trailing: int = 0
+    leading: int = 0
 
     @property
     def span(self) -> int:
         """Image tokens this grid consumes, skipped ones included."""
-        return self.height * (self.row_stride or self.width) + self.trailing
+        return self.leading + self.height * (self.row_stride or self.width) + self.trailing
 
     def token_index(self) -> torch.Tensor:
-        """Indices, relative to the grid's first token, of its ``height * width`` grid tokens."""
+        """Indices, relative to the grid's first token (skipped ones included), of its
+        ``height * width`` grid tokens."""
         stride = self.row_stride or self.width
-        return (torch.arange(self.height)[:, None] * stride + torch.arange(self.width)).flatten()
+        return self.leading + (torch.arange(self.height)[:, None] * stride + torch.arange(self.width)).flatten()
 
 
 @dataclass(frozen=True)

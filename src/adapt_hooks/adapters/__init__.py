@@ -11,6 +11,8 @@ from .ernie4_5_vl import Ernie45VLAdapter
 from .generic import GenericAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
+from .granite4_vision import Granite4VisionAdapter
+from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .lfm2_vl import Lfm2VlAdapter
@@ -104,6 +106,8 @@ for _adapter in (
     KimiK25Adapter(),
     MiniCPMV4_6Adapter(),
     MiniCPMV4_7Adapter(),
+    HunYuanVLAdapter(),
+    Granite4VisionAdapter(),
 ):
     register_adapter(_adapter)
 

@@ -124,8 +124,8 @@ class LlavaNextAdapter(Adapter):
         encoded = compat.encoded_images(inputs)
         if sizes is not None:
             images = self._images_from_sizes(config, sizes, inputs)
-        elif encoded is not None and getattr(encoded, "pooler_output", None) is not None:
-            images = self._images_from_features(config, list(encoded.pooler_output))
+        elif compat.image_features(encoded) is not None:
+            images = self._images_from_features(config, list(compat.image_features(encoded)))
         elif any(n_tokens):
             raise ValueError(
                 f"{config.model_type}: the prompt has image tokens but the forward call has neither `image_sizes` "

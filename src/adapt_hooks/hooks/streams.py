@@ -132,7 +132,7 @@ class Streams:
                 "pass pixel_values, or run `adapt-hooks check`."
             )
         images, encoded_images = captured
-        self._expand = len(encoded.pooler_output) // max(encoded_images, 1) if encoded_images else 1
+        self._expand = len(compat.image_features(encoded)) // max(encoded_images, 1) if encoded_images else 1
         return dict(images), True
 
     def _encode(self, images: dict, copies: list[dict], input_ids: torch.Tensor):

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llava, llava_next, minicpmv, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, granite4_vision, hunyuan_vl, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llava, llava_next, minicpmv, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -89,6 +89,8 @@ register_tiny_family("kimi_k25", TinyFamily(kimi_k25.config, kimi_k25.inputs))
 register_tiny_family("minicpmv4_6", TinyFamily(partial(minicpmv.config, "minicpmv4_6"), minicpmv.inputs))
 if installed("minicpmv4_7"):
     register_tiny_family("minicpmv4_7", TinyFamily(partial(minicpmv.config, "minicpmv4_7"), minicpmv.inputs))
+register_tiny_family("granite4_vision", TinyFamily(granite4_vision.config, granite4_vision.inputs))
+register_tiny_family("hunyuan_vl", TinyFamily(hunyuan_vl.config, hunyuan_vl.inputs))
 
 
 def tiny_model(model_type: str = "llava", attn_implementation: str = "sdpa", seed: int = 0) -> nn.Module:
