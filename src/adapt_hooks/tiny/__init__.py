@@ -77,8 +77,7 @@ register_tiny_family("smolvlm", TinyFamily(partial(idefics3.config, "smolvlm"), 
 register_tiny_family("mllama", TinyFamily(mllama.config, mllama.inputs, prepare=mllama.prepare))
 register_tiny_family("gemma3", TinyFamily(gemma3.config, gemma3.inputs, prepare=gemma3.prepare))
 register_tiny_family("gemma4", TinyFamily(gemma4.config, gemma4.inputs, prepare=gemma4.prepare))
-if installed("gemma4_unified"):
-    register_tiny_family("gemma4_unified", TinyFamily(partial(gemma4.config, "gemma4_unified"), gemma4.inputs))
+register_tiny_family("gemma4_unified", TinyFamily(partial(gemma4.config, "gemma4_unified"), gemma4.inputs))
 register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs))
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
