@@ -142,6 +142,7 @@ class DriftInjection(Installed):
         self._swap: AttentionSwap | None = None  # this injection's own registration, when no guard is active
         self._swapped = None  # the guard interceptor whose base this injection replaced
         self._base = None
+        self._capture: compat.ImageCapture | None = None  # the image encoder's inputs, while installed
         self._begin(None)
 
     def __repr__(self) -> str:
@@ -174,11 +175,15 @@ class DriftInjection(Installed):
             self._swap = AttentionSwap(self.model, "adapt_hooks_drift", self, mask_builder)
         # first among the model's pre-hooks: it sees the user's rows before a guard adds streams
         self._hooks = [self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True, prepend=True)]
+        self._capture = compat.ImageCapture(self.model)
 
     def _restore(self) -> None:
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         for module in self._modules:
             if perturb.of(module) == self._perturbation:
                 perturb.unregister(module)
@@ -203,7 +208,8 @@ class DriftInjection(Installed):
         cache = compat.forward_cache(kwargs)
         if cache is None or cache.get_seq_length() == 0:
             input_ids = kwargs.get("input_ids", args[0] if args else None)
-            layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, kwargs)
+            inputs = compat.layout_inputs(self.model, self._capture, kwargs, input_ids)  # with the encoder's own inputs
+            layout = None if input_ids is None else self.adapter.layout(self.model.config, input_ids, inputs)
             self._begin(layout)
         else:
             self._step += 1

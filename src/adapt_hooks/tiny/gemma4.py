@@ -8,7 +8,8 @@ row 1 has a 4x8 and a 6x6 image (2x4 and 3x3 grids), so a batch mixes grid shape
 
 Text: 4 layers, sliding (16-token window, shorter than every prompt), full, sliding, full; the last
 two share the KV of layers 0 and 1 (``num_kv_shared_layers=2``), full layers have their own head
-dim with keys as values (``attention_k_eq_v``), bidirectional attention over each image's soft
+dim (8, sliding 4: with RMS-normed queries and keys at scaling 1, small heads keep the random
+attention from peaking) and keys as values (``attention_k_eq_v``), bidirectional attention over each image's soft
 tokens in the sliding layers (``mm_token_type_ids``), and (``gemma4``) per-layer input embeddings.
 Prompts follow the processors: ``<boi>`` + the image's soft tokens + ``<eoi>`` per image.
 """
@@ -25,7 +26,7 @@ PATCH, POOLING, MAX_SOFT_TOKENS = 4, 2, 16
 IMAGES = (((8, 6),), ((4, 8), (6, 6)))
 LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
 TEXT_CONFIG = dict(
-    TEXT, head_dim=8, global_head_dim=16, num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=16,
+    TEXT, head_dim=4, global_head_dim=8, num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=16,
     layer_types=LAYER_TYPES, num_kv_shared_layers=2, use_bidirectional_attention="vision", final_logit_softcapping=30.0,
 )
 TOKENS = dict(
