@@ -7,11 +7,12 @@ row 1 has a 4x8 and a 6x6 image (2x4 and 3x3 grids), so a batch mixes grid shape
 ``pixel_values`` and ``image_position_ids`` are padded per image as the processors pad them.
 
 Text: 4 layers, sliding (16-token window, shorter than every prompt), full, sliding, full; the last
-two share the KV of layers 0 and 1 (``num_kv_shared_layers=2``), full layers have their own head
+two share the KV of layers 0 and 1 (``num_kv_shared_layers=2``). Full layers have their own head
 dim (8, sliding 4: with RMS-normed queries and keys at scaling 1, small heads keep the random
-attention from peaking) and keys as values (``attention_k_eq_v``), bidirectional attention over each image's soft
-tokens in the sliding layers (``mm_token_type_ids``), and (``gemma4``) per-layer input embeddings.
-Prompts follow the processors: ``<boi>`` + the image's soft tokens + ``<eoi>`` per image.
+attention from peaking) and keys as values (``attention_k_eq_v``); the sliding layers attend
+bidirectionally within each image's soft tokens (``mm_token_type_ids``); ``gemma4`` also has
+per-layer input embeddings. Prompts follow the processors: ``<boi>`` + the image's soft tokens +
+``<eoi>`` per image.
 """
 
 from __future__ import annotations
