@@ -37,8 +37,8 @@ NOT_APPLICABLE: dict[str, str] = {
 #: applies (its spatial parts are degraded).
 GENERIC_ONLY: frozenset[str] = frozenset({
     'apertus1p5', 'aria', 'blip-2', 'cohere_compass', 'cosmos3_edge', 'cosmos3_omni', 'deepseek_ocr2',
-    'dots3_note', 'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'gemma4', 'gemma4_unified',
-    'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2', 'granite_docling',
+    'dots3_note', 'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2',
+    'granite_docling',
     'hy_v4_vl', 'hyperclovax_vision_v2', 'idefics2', 'inkling2', 'inkling2_loop', 'inkling_mm_model',
     'instructblip', 'instructblipvideo', 'janus', 'lighton_ocr', 'llama4', 'minicpm_ocr', 'minimax_m3_vl',
     'mistral_large4', 'muse_glimmer', 'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl',

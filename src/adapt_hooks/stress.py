@@ -181,6 +181,9 @@ class DriftInjection(Installed):
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         for module in self._modules:
             if perturb.of(module) == self._perturbation:
                 perturb.unregister(module)
@@ -189,9 +192,6 @@ class DriftInjection(Installed):
         if self._swap is not None:
             self._swap.remove()
             self._swap = None
-        if self._capture is not None:
-            self._capture.remove()
-            self._capture = None
         self._begin(None)
 
     # -- per prompt / step ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .deepseek_vl import DeepseekVLAdapter
 from .ernie4_5_vl import Ernie45VLAdapter
 from .generic import GenericAdapter
 from .gemma3 import Gemma3Adapter
+from .gemma4 import Gemma4Adapter, Gemma4UnifiedAdapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .granite4_vision import Granite4VisionAdapter
 from .hunyuan_vl import HunYuanVLAdapter
@@ -89,6 +90,8 @@ for _adapter in (
     Idefics3Adapter(),
     MllamaAdapter(),
     Gemma3Adapter(),
+    Gemma4Adapter(),
+    Gemma4UnifiedAdapter(),
     PaliGemmaAdapter(),
     InternVLAdapter(),
     Mistral3Adapter(),

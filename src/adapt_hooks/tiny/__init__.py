@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, granite4_vision, hunyuan_vl, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llava, llava_next, minicpmv, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, gemma4, glm4v, granite4_vision, hunyuan_vl, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llava, llava_next, minicpmv, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -76,6 +76,8 @@ register_tiny_family("idefics3", TinyFamily(partial(idefics3.config, "idefics3")
 register_tiny_family("smolvlm", TinyFamily(partial(idefics3.config, "smolvlm"), idefics3.inputs))
 register_tiny_family("mllama", TinyFamily(mllama.config, mllama.inputs, prepare=mllama.prepare))
 register_tiny_family("gemma3", TinyFamily(gemma3.config, gemma3.inputs, prepare=gemma3.prepare))
+register_tiny_family("gemma4", TinyFamily(gemma4.config, gemma4.inputs, prepare=gemma4.prepare))
+register_tiny_family("gemma4_unified", TinyFamily(partial(gemma4.config, "gemma4_unified"), gemma4.inputs))
 register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs))
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
