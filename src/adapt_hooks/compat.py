@@ -17,6 +17,9 @@ What differs inside the supported range:
   expands that output itself for beams and several return sequences. A contrast stream that needs
   other pixels (VCD's noised image) reads the encoder's inputs through :class:`ImageCapture` and
   re-encodes with :func:`encode_images` and :func:`expand_encoded`.
+
+A transformers bug a family needs worked around also lives here: 5.24's Llama 4 forward reads an
+``image_outputs`` its language model's output lacks (:func:`repair_llama4`).
 """
 
 from __future__ import annotations
@@ -299,3 +302,51 @@ def is_dynamic_cache(cache: object) -> bool:
     from transformers.cache_utils import DynamicCache
 
     return isinstance(cache, DynamicCache)
+
+
+# -- transformers bugs of one family --------------------------------------------------------------
+def repair_llama4(model: nn.Module) -> None:
+    """Let a ``Llama4ForConditionalGeneration`` generate on transformers 5.23 and newer, where two
+    upstream bugs break it (done once per model, a no-op where they are absent):
+
+    - 5.24's ``forward`` builds its output with ``image_outputs=outputs.image_outputs``, but
+      ``outputs`` is its language model's ``MoeCausalLMOutputWithPast``, which has no such field:
+      every forward that returns a dict (so every ``generate``) raises ``AttributeError``. A
+      forward hook on the language model gives its outputs ``image_outputs = None``.
+    - ``generate`` expands the encoded images for beams and several return sequences through their
+      ``pooler_output``, which Llama 4's vision model leaves empty (its features are
+      ``last_hidden_state``), so the expanded rows get too few image features ("Image features and
+      image tokens do not match"). A forward pre-hook expands ``last_hidden_state`` the same way,
+      in place, when the prompt holds a whole multiple of the features it brings.
+
+    The logits are those the model computes where it works (one row per sample, no beams)."""
+    from transformers.models.llama4 import modeling_llama4
+
+    if "image_outputs" in getattr(modeling_llama4.Llama4CausalLMOutputWithPast, "__dataclass_fields__", {}):
+        if _llama4_image_outputs not in model.language_model._forward_hooks.values():
+            model.language_model.register_forward_hook(_llama4_image_outputs)
+    if hasattr(model, "_expand_multimodal_outputs") and _llama4_expand_images not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_llama4_expand_images, with_kwargs=True)
+
+
+def _llama4_image_outputs(module: nn.Module, args: tuple, output: object) -> None:
+    if isinstance(output, Mapping) and not hasattr(output, "image_outputs"):
+        object.__setattr__(output, "image_outputs", None)
+
+
+def _llama4_expand_images(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    encoded = encoded_images(kwargs)
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    features = getattr(encoded, "last_hidden_state", None)
+    if features is None or input_ids is None or features.shape[:-1].numel() == 0:
+        return
+    tokens, given = int((input_ids == model.config.image_token_id).sum()), features.shape[:-1].numel()
+    expand = tokens // given
+    if expand < 2 or tokens % given or input_ids.shape[0] % expand:
+        return
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    grouped = model._expand_multimodal_outputs(
+        input_ids[::expand], {"image": BaseModelOutputWithPooling(pooler_output=features)}, expand_size=expand
+    )
+    encoded.last_hidden_state = grouped["image"].pooler_output

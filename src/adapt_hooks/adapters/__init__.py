@@ -13,6 +13,7 @@ from .gemma3 import Gemma3Adapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
@@ -92,6 +93,7 @@ for _adapter in (
     LlavaNextVideoAdapter(),
     QwenOmniThinkerAdapter(),
     Ernie45VLAdapter(),
+    Llama4Adapter(),
 ):
     register_adapter(_adapter)
 
