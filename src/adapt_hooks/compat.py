@@ -205,6 +205,30 @@ def unregister(name: str) -> None:
     masking_utils.AttentionMaskInterface._global_mapping.pop(name, None)
 
 
+def index_mask(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict
+) -> tuple[torch.Tensor | None, dict]:
+    """The attention mask and keyword arguments that ``"eager"`` or ``"sdpa"`` would receive.
+
+    DeepSeek-V3.2-style sparse attention (``indexed_attention`` layers: DeepSeek V3.2, GLM-MoE-DSA,
+    Mistral Large 4, ...) folds its indexer's top-k pick of keys into the attention mask only when
+    the attention implementation is named ``"eager"`` or ``"sdpa"``; under any other name, such as
+    the one a guard registers, it hands the pick to the kernel as ``indices=`` (``[B, S, topk]``
+    key indices per query) and leaves the mask causal. An attention function that calls eager or
+    sdpa folds the pick here the same way, so the model attends to the keys it picked."""
+    indices = kwargs.get("indices")
+    if not isinstance(indices, torch.Tensor) or indices.ndim != 3 or indices.shape[:2] != (query.shape[0], query.shape[2]):
+        return attention_mask, kwargs
+    dropped = indices.new_ones((*indices.shape[:2], key.shape[2]), dtype=torch.bool).scatter(-1, indices.long(), False).unsqueeze(1)
+    if attention_mask is None:
+        attention_mask = ~dropped
+    elif attention_mask.dtype == torch.bool:
+        attention_mask = attention_mask & ~dropped
+    else:
+        attention_mask = attention_mask.masked_fill(dropped, torch.finfo(query.dtype).min)
+    return attention_mask, {**kwargs, "indices": None}
+
+
 # -- the vision encoder that generate runs before the prefill (5.23 and newer) ---------------------
 class ImageCapture:
     """While installed, records the inputs of the last ``get_image_features`` call that ``generate``

@@ -17,6 +17,7 @@ from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .mistral_large4 import MistralLarge4Adapter
 from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
@@ -94,6 +95,7 @@ for _adapter in (
     QwenOmniThinkerAdapter(),
     Ernie45VLAdapter(),
     Llama4Adapter(),
+    MistralLarge4Adapter(),
 ):
     register_adapter(_adapter)
 

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, llama4, llava, llava_next, mistral3, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, glm4v, idefics3, internvl, llama4, llava, llava_next, mistral3, mistral_large4, mllama, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -80,6 +80,8 @@ register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs)
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
 register_tiny_family("llama4", TinyFamily(llama4.config, llama4.inputs, prepare=llama4.prepare))
+if installed("mistral_large4"):
+    register_tiny_family("mistral_large4", TinyFamily(mistral_large4.config, mistral_large4.inputs, prepare=mistral_large4.prepare))
 register_tiny_family("aya_vision", TinyFamily(partial(aya_vision.config, "aya_vision"), aya_vision.inputs))
 
 
