@@ -41,7 +41,7 @@ GENERIC_ONLY: frozenset[str] = frozenset({
     'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2', 'granite4_vision', 'granite_docling', 'hunyuan_vl',
     'hy_v4_vl', 'hyperclovax_vision_v2', 'idefics2', 'inkling2', 'inkling2_loop', 'inkling_mm_model',
     'instructblip', 'instructblipvideo', 'janus', 'kimi_k25', 'lfm2_vl', 'lfm3_vl', 'lighton_ocr',
-    'minicpm_ocr', 'minicpmv4_6', 'minicpmv4_7', 'minimax_m3_vl', 'mistral_large4',
+    'minicpm_ocr', 'minicpmv4_6', 'minicpmv4_7', 'minimax_m3_vl',
     'molmo2', 'muse_glimmer', 'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl', 'perception_lm',
     'pp_chart2table', 'qianfan_ocr', 'qwen4_exp',
     'shieldgemma2', 'step3p7', 'unlimited_ocr', 'video_llama_3', 'vipllava',
