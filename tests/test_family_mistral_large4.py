@@ -35,3 +35,24 @@ def test_the_indexer_pick_is_folded_into_the_mask(boolean):
     visible = folded if boolean else folded == 0
     assert torch.equal(visible, causal & picked) and kwargs == {"indices": None, "scaling": 0.5}
     assert compat.index_mask(query, key, mask, {"indices": None})[0] is mask
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_a_pick_that_leaves_keys_out_is_followed(attn):
+    from transformers import AutoModelForImageTextToText
+
+    import adapt_hooks
+    from adapt_hooks import DriftMonitor
+    from adapt_hooks.tiny import PAD, mistral_large4, tiny_inputs
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(mistral_large4.config(index_topk=32), attn_implementation=attn).eval()
+    mistral_large4.prepare(model)
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = PAD, None
+    inputs = tiny_inputs(model, 2)  # 42 tokens a row: the pick leaves keys out from the 33rd on
+    expected = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    with adapt_hooks.guard(model, monitor=DriftMonitor(steer=False)):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=8, do_sample=False), expected)
+    with adapt_hooks.guard(model, monitor=DriftMonitor(tau=2.0)) as run:
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert run.monitor.intervention_rate > 0

@@ -18,8 +18,9 @@ What differs inside the supported range:
   other pixels (VCD's noised image) reads the encoder's inputs through :class:`ImageCapture` and
   re-encodes with :func:`encode_images` and :func:`expand_encoded`.
 
-A transformers bug a family needs worked around also lives here: 5.24's Llama 4 forward reads an
-``image_outputs`` its language model's output lacks (:func:`repair_llama4`).
+Behaviour of one kind of model lives here too: sparse (DSA) attention hands a custom-named attention
+function its top-k pick as ``indices=`` (:func:`index_mask`), and Llama 4 needs two upstream bugs
+worked around from 5.23 on (:func:`repair_llama4`).
 """
 
 from __future__ import annotations
@@ -341,7 +342,8 @@ def repair_llama4(model: nn.Module) -> None:
       ``pooler_output``, which Llama 4's vision model leaves empty (its features are
       ``last_hidden_state``), so the expanded rows get too few image features ("Image features and
       image tokens do not match"). A forward pre-hook expands ``last_hidden_state`` the same way,
-      in place, when the prompt holds a whole multiple of the features it brings.
+      in place, when the rows are groups of identical copies (generate's expansion) holding a
+      whole multiple of the features it brings.
 
     The logits are those the model computes where it works (one row per sample, no beams)."""
     from transformers.models.llama4 import modeling_llama4
@@ -367,6 +369,8 @@ def _llama4_expand_images(model: nn.Module, args: tuple, kwargs: dict) -> None:
     tokens, given = int((input_ids == model.config.image_token_id).sum()), features.shape[:-1].numel()
     expand = tokens // given
     if expand < 2 or tokens % given or input_ids.shape[0] % expand:
+        return
+    if not torch.equal(input_ids, input_ids[::expand].repeat_interleave(expand, dim=0)):
         return
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
