@@ -17,6 +17,10 @@ What differs inside the supported range:
   expands that output itself for beams and several return sequences. A contrast stream that needs
   other pixels (VCD's noised image) reads the encoder's inputs through :class:`ImageCapture` and
   re-encodes with :func:`encode_images` and :func:`expand_encoded`.
+
+Behaviour of one kind of model lives here too: sparse (DSA) attention hands a custom-named attention
+function its top-k pick as ``indices=`` (:func:`index_mask`), and Llama 4 needs two upstream bugs
+worked around from 5.23 on (:func:`repair_llama4`).
 """
 
 from __future__ import annotations
@@ -213,6 +217,30 @@ def unregister(name: str) -> None:
     masking_utils.AttentionMaskInterface._global_mapping.pop(name, None)
 
 
+def index_mask(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict
+) -> tuple[torch.Tensor | None, dict]:
+    """The attention mask and keyword arguments that ``"eager"`` or ``"sdpa"`` would receive.
+
+    DeepSeek-V3.2-style sparse attention (``indexed_attention`` layers: DeepSeek V3.2, GLM-MoE-DSA,
+    Mistral Large 4, ...) folds its indexer's top-k pick of keys into the attention mask only when
+    the attention implementation is named ``"eager"`` or ``"sdpa"``; under any other name, such as
+    the one a guard registers, it hands the pick to the kernel as ``indices=`` (``[B, S, topk]``
+    key indices per query) and leaves the mask causal. An attention function that calls eager or
+    sdpa folds the pick here the same way, so the model attends to the keys it picked."""
+    indices = kwargs.get("indices")
+    if not isinstance(indices, torch.Tensor) or indices.ndim != 3 or indices.shape[:2] != (query.shape[0], query.shape[2]):
+        return attention_mask, kwargs
+    dropped = indices.new_ones((*indices.shape[:2], key.shape[2]), dtype=torch.bool).scatter(-1, indices.long(), False).unsqueeze(1)
+    if attention_mask is None:
+        attention_mask = ~dropped
+    elif attention_mask.dtype == torch.bool:
+        attention_mask = attention_mask & ~dropped
+    else:
+        attention_mask = attention_mask.masked_fill(dropped, torch.finfo(query.dtype).min)
+    return attention_mask, {**kwargs, "indices": None}
+
+
 # -- the vision encoder that generate runs before the prefill (5.23 and newer) ---------------------
 class ImageCapture:
     """While installed, records the inputs of the last ``get_image_features`` calls that ``generate``
@@ -316,3 +344,54 @@ def is_dynamic_cache(cache: object) -> bool:
     from transformers.cache_utils import DynamicCache
 
     return isinstance(cache, DynamicCache)
+
+
+# -- transformers bugs of one family --------------------------------------------------------------
+def repair_llama4(model: nn.Module) -> None:
+    """Let a ``Llama4ForConditionalGeneration`` generate on transformers 5.23 and newer, where two
+    upstream bugs break it (done once per model, a no-op where they are absent):
+
+    - 5.24's ``forward`` builds its output with ``image_outputs=outputs.image_outputs``, but
+      ``outputs`` is its language model's ``MoeCausalLMOutputWithPast``, which has no such field:
+      every forward that returns a dict (so every ``generate``) raises ``AttributeError``. A
+      forward hook on the language model gives its outputs ``image_outputs = None``.
+    - ``generate`` expands the encoded images for beams and several return sequences through their
+      ``pooler_output``, which Llama 4's vision model leaves empty (its features are
+      ``last_hidden_state``), so the expanded rows get too few image features ("Image features and
+      image tokens do not match"). A forward pre-hook expands ``last_hidden_state`` the same way,
+      in place, when the rows are groups of identical copies (generate's expansion) holding a
+      whole multiple of the features it brings.
+
+    The logits are those the model computes where it works (one row per sample, no beams)."""
+    from transformers.models.llama4 import modeling_llama4
+
+    if "image_outputs" in getattr(modeling_llama4.Llama4CausalLMOutputWithPast, "__dataclass_fields__", {}):
+        if _llama4_image_outputs not in model.language_model._forward_hooks.values():
+            model.language_model.register_forward_hook(_llama4_image_outputs)
+    if hasattr(model, "_expand_multimodal_outputs") and _llama4_expand_images not in model._forward_pre_hooks.values():
+        model.register_forward_pre_hook(_llama4_expand_images, with_kwargs=True)
+
+
+def _llama4_image_outputs(module: nn.Module, args: tuple, output: object) -> None:
+    if isinstance(output, Mapping) and not hasattr(output, "image_outputs"):
+        object.__setattr__(output, "image_outputs", None)
+
+
+def _llama4_expand_images(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    encoded = encoded_images(kwargs)
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    features = getattr(encoded, "last_hidden_state", None)
+    if features is None or input_ids is None or features.shape[:-1].numel() == 0:
+        return
+    tokens, given = int((input_ids == model.config.image_token_id).sum()), features.shape[:-1].numel()
+    expand = tokens // given
+    if expand < 2 or tokens % given or input_ids.shape[0] % expand:
+        return
+    if not torch.equal(input_ids, input_ids[::expand].repeat_interleave(expand, dim=0)):
+        return
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    grouped = model._expand_multimodal_outputs(
+        input_ids[::expand], {"image": BaseModelOutputWithPooling(pooler_output=features)}, expand_size=expand
+    )
+    encoded.last_hidden_state = grouped["image"].pooler_output

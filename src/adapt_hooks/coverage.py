@@ -36,15 +36,12 @@ NOT_APPLICABLE: dict[str, str] = {
 #: Decoders with image placeholder tokens in the prompt that have no adapter yet: the generic adapter
 #: applies (its spatial parts are degraded).
 GENERIC_ONLY: frozenset[str] = frozenset({
-    'apertus1p5', 'aria', 'blip-2', 'cohere_compass', 'cosmos3_edge', 'cosmos3_omni', 'deepseek_ocr2',
-    'dots3_note', 'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2',
-    'granite_docling',
+    'apertus1p5', 'aria', 'blip-2', 'cohere_compass', 'cosmos3_edge', 'cosmos3_omni', 'deepseek_ocr2', 'dots3_note',
+    'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2', 'granite_docling',
     'hy_v4_vl', 'hyperclovax_vision_v2', 'idefics2', 'inkling2', 'inkling2_loop', 'inkling_mm_model',
-    'instructblip', 'instructblipvideo', 'janus', 'lighton_ocr', 'llama4', 'minicpm_ocr', 'minimax_m3_vl',
-    'mistral_large4', 'muse_glimmer', 'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl',
-    'perception_lm',
-    'pp_chart2table', 'qianfan_ocr', 'qwen4_exp',
-    'shieldgemma2', 'step3p7', 'unlimited_ocr', 'video_llama_3', 'vipllava',
+    'instructblip', 'instructblipvideo', 'janus', 'lighton_ocr', 'minicpm_ocr', 'minimax_m3_vl', 'muse_glimmer',
+    'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl', 'perception_lm', 'pp_chart2table', 'qianfan_ocr',
+    'qwen4_exp', 'shieldgemma2', 'step3p7', 'unlimited_ocr', 'video_llama_3', 'vipllava',
 })
 
 

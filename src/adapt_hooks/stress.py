@@ -234,6 +234,7 @@ class DriftInjection(Installed):
         self, module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         attention_mask: torch.Tensor | None, **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        attention_mask, kwargs = compat.index_mask(query, key, attention_mask, kwargs)  # sparse (DSA) attention's pick
         if query.shape[2] != 1 or self.gain == 0.0 or perturb.of(module) != self._perturbation:
             return self._base(module, query, key, value, attention_mask, **kwargs)
         scaling = kwargs.get("scaling")

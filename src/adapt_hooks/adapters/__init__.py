@@ -8,28 +8,30 @@ from .base import Adapter, RepeatedGridAdapter
 from .aya_vision import AyaVisionAdapter, Cohere2VisionAdapter
 from .deepseek_vl import DeepseekVLAdapter
 from .ernie4_5_vl import Ernie45VLAdapter
-from .generic import GenericAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter, Gemma4UnifiedAdapter
+from .generic import GenericAdapter
 from .glm4v import Glm46vAdapter, Glm4vAdapter
 from .granite4_vision import Granite4VisionAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .kimi_k25 import KimiK25Adapter
 from .lfm2_vl import Lfm2VlAdapter
 from .lfm3_vl import Lfm3VlAdapter
-from .kimi_k25 import KimiK25Adapter
+from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter, VideoLlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter, LlavaOnevisionAdapter
 from .minicpmv import MiniCPMV4_6Adapter, MiniCPMV4_7Adapter
 from .mistral3 import Mistral3Adapter
+from .mistral_large4 import MistralLarge4Adapter
 from .mllama import MllamaAdapter
 from .molmo2 import Molmo2Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2_5VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
-from .qwen_omni import QwenOmniThinkerAdapter
 from .qwen3_vl import Qwen3VLAdapter
+from .qwen_omni import QwenOmniThinkerAdapter
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -111,6 +113,8 @@ for _adapter in (
     MiniCPMV4_7Adapter(),
     HunYuanVLAdapter(),
     Granite4VisionAdapter(),
+    Llama4Adapter(),
+    MistralLarge4Adapter(),
 ):
     register_adapter(_adapter)
 

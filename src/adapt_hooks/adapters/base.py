@@ -13,12 +13,15 @@ from ..layout import Grid, GridSpec, ImageLayout
 
 #: ``layer_types`` of attention layers whose KV cache keeps every token (sliding ones only when wide).
 FULL, SLIDING = "full_attention", "sliding_attention"
+#: ``layer_types`` of DeepSeek-style sparse attention: the cache keeps every key, an indexer picks
+#: each query's top-k among them (the attention function receives the pick, see ``compat.index_mask``).
+INDEXED = "indexed_attention"
 
 
 def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
     """Layers whose KV cache holds every token of any sequence the model supports: full-attention
-    layers (``layer_types``), and sliding-window layers whose window is at least
-    ``max_position_embeddings``; every layer of a model without ``layer_types`` or a sliding
+    layers and indexed (DSA) layers (``layer_types``), and sliding-window layers whose window is at
+    least ``max_position_embeddings``; every layer of a model without ``layer_types`` or a sliding
     window. Linear-attention, convolution and chunked-attention layers (hybrid decoders) keep no
     such cache and are never among them."""
     window = getattr(text_config, "sliding_window", None)
@@ -27,7 +30,7 @@ def cache_keeping_layers(text_config, n_layers: int) -> list[int]:
     layer_types = getattr(text_config, "layer_types", None)
     if layer_types is None:
         return list(range(n_layers)) if wide else []
-    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind == FULL or (kind == SLIDING and wide)]
+    return [i for i, kind in enumerate(layer_types[:n_layers]) if kind in (FULL, INDEXED) or (kind == SLIDING and wide)]
 
 
 def grids_per_row(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> list[list[tuple[int, int]]] | None:

@@ -103,6 +103,7 @@ class Interceptor:
         attention_mask: torch.Tensor | None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_mask, kwargs = compat.index_mask(query, key, attention_mask, kwargs)  # sparse (DSA) attention's pick
         slot = self.slots.get(id(module))
         if slot is None or query.shape[2] != 1 or not self.guard.observing:
             return self.base(module, query, key, value, attention_mask, **kwargs)

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, gemma4, glm4v, granite4_vision, hunyuan_vl, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llava, llava_next, minicpmv, mistral3, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
+from . import aya_vision, deepseek_vl, ernie4_5_vl, gemma3, gemma4, glm4v, granite4_vision, hunyuan_vl, idefics3, internvl, kimi_k25, lfm2_vl, lfm3_vl, llama4, llava, llava_next, minicpmv, mistral3, mistral_large4, mllama, molmo2, paligemma, qwen2_vl, qwen3_5, qwen3_vl, qwen_omni
 from ._common import PAD
 
 ATTENTION = ("eager", "sdpa")
@@ -81,6 +81,9 @@ register_tiny_family("gemma4_unified", TinyFamily(partial(gemma4.config, "gemma4
 register_tiny_family("paligemma", TinyFamily(paligemma.config, paligemma.inputs))
 register_tiny_family("internvl", TinyFamily(internvl.config, internvl.inputs))
 register_tiny_family("mistral3", TinyFamily(mistral3.config, mistral3.inputs))
+register_tiny_family("llama4", TinyFamily(llama4.config, llama4.inputs, prepare=llama4.prepare))
+if installed("mistral_large4"):
+    register_tiny_family("mistral_large4", TinyFamily(mistral_large4.config, mistral_large4.inputs, prepare=mistral_large4.prepare))
 register_tiny_family("aya_vision", TinyFamily(partial(aya_vision.config, "aya_vision"), aya_vision.inputs))
 register_tiny_family("lfm2_vl", TinyFamily(lfm2_vl.config, lfm2_vl.inputs))
 if installed("lfm3_vl"):
