@@ -540,3 +540,41 @@ def test_index_links_every_page_and_pictures_are_small():
             picture = page.parent / target
             assert picture.is_file(), f"{_page_id(page)}: missing picture {target}"
             assert picture.stat().st_size < MAX_PICTURE_BYTES, f"{target} is {picture.stat().st_size} bytes"
+
+
+# -- the verdict near the top of README and docs/index.md ---------------------------------------
+def _evidence_partner_rates() -> dict[str, float]:
+    """The "partner named" column of docs/evidence.md's side-by-side table, per setting."""
+    section = (DOCS / "evidence.md").read_text().split("## Side by side")[1]
+    first = section[section.index("\n|") + 1 :].split("\n\n")[0]  # the section's first table
+    rows = [line for line in first.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    column = header.index("partner named ↓")
+    rates = {}
+    for line in rows[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rates[cells[0]] = float(cells[column].split("±")[0])
+    return rates
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", DOCS / "index.md"], ids=_page_id)
+def test_the_verdict_near_the_top_quotes_the_evidence_tables(page):
+    rates = _evidence_partner_rates()
+    text = page.read_text()
+    verdict = text[text.index("**Does it help?**"):].split("\n\n")[0]
+    assert text.index("**Does it help?**") < len(text) // 4, "the verdict belongs near the top"
+    quoted = {
+        "guard (paper defaults)": r"partner named in ([\d.]+) of descriptions with its defaults",
+        "plain model": r"against ([\d.]+) for the plain model",
+        "ordinary DPO (original image both sides)": r"ordinary DPO \(([\d.]+)\)",
+        "VAG-DPO": r"VAG-DPO \(([\d.]+)\)",
+        "VCD (α 1, β 0.1)": r"VCD\s+\(([\d.]+) at α 1",
+        "VCD (α 3, β 0.1)": r"([\d.]+) at α 3",
+        "PAI + CFG (α 0.2, γ 1.1)": r"PAI's CFG step \(([\d.]+)\)",
+    }
+    for setting, pattern in quoted.items():
+        found = re.search(pattern, verdict)
+        assert found, f"{page.name}: the verdict does not quote {setting!r}"
+        assert float(found[1]) == rates[setting], f"{page.name}: {setting} is {rates[setting]} in docs/evidence.md"
+    guard_helps = rates["guard (paper defaults)"] < rates["plain model"]
+    assert ("does **not** reduce" in verdict) == (not guard_helps), "the verdict's direction disagrees with the evidence"
