@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 import adapt_hooks
 
@@ -143,6 +144,13 @@ def test_every_code_block_is_labelled_and_few_are_not_run():
 def test_readme_has_a_runnable_quick_start():
     blocks_ = [b for b in blocks(ROOT / "README.md") if b.kind == "python" and "tiny_model" in b.code]
     assert blocks_, "README lost its runnable quick start"  # test_python_blocks_run executes it
+    readme = (ROOT / "README.md").read_text()
+    shown = readme[readme.index(blocks_[0].code) + len(blocks_[0].code):]
+    shown = shown[shown.index("```text\n") + 8 :].split("```")[0]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), torch.no_grad():
+        exec(compile(blocks_[0].code, "README.md", "exec"), {"__name__": "readme"})
+    assert printed.getvalue().strip() == shown.strip(), "the quick start's shown output is not what it prints"
 
 
 # -- python blocks --------------------------------------------------------------------------------
