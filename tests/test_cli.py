@@ -158,3 +158,29 @@ def test_pictures_without_matplotlib(monkeypatch, tmp_path):
     said = []
     written = report.write_pictures(run, image, tmp_path, say=said.append)
     assert [p.name for p in written] == ["anchor.png", "ve.png"] and said == [report.PLOT_HINT]
+
+
+def test_pictures_keep_the_aspect_and_place_the_anchor_on_the_processors_crop(tmp_path):
+    """A 96x48 image through CLIP's resize-then-centre-crop: the model sees the middle 48x48, so
+    the anchor covers that square only (the VE image is white outside it: no anchor weight there),
+    and the pictures keep the image's aspect."""
+    import adapt_hooks
+    from PIL import Image
+
+    from adapt_hooks import DriftMonitor
+
+    model, proc = tiny_model("llava", "sdpa"), processor()
+    wide = Image.new("RGB", (96, 48), (30, 60, 90))
+    assert report.processor_box(proc, wide) == (24, 0, 72, 48)
+    assert report.processor_box(proc, Image.new("RGB", (48, 48))) == (0, 0, 48, 48)
+    inputs = proc(images=wide, text="user : <image> what is in the image assistant :", return_tensors="pt")
+    with adapt_hooks.guard(model, monitor=DriftMonitor(tau=1.0)) as run:
+        model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    written = report.write_pictures(run, wide, tmp_path, box=report.processor_box(proc, wide), tau=1.0, title="tiny: K 5, τ 1")
+    assert [p.name for p in written] == ["anchor.png", "ve.png", "overview.png", "drift.png"]
+    ve = Image.open(tmp_path / "ve.png")
+    assert ve.size == (288, 144)  # the aspect kept
+    outside = [ve.getpixel((x, y)) for x in (*range(0, 72, 8), *range(216, 288, 8)) for y in range(0, 144, 8)]
+    inside = [ve.getpixel((x, y)) for x in range(72, 216, 8) for y in range(0, 144, 8)]
+    assert set(outside) == {(255, 255, 255)}  # the cropped-away sides carry no anchor
+    assert (30, 60, 90) in inside or any(pixel != (255, 255, 255) for pixel in inside)  # the image shows through the crop

@@ -15,7 +15,7 @@ import torch
 from . import Anchor, DriftMonitor, RiskModel, __version__, compat, estimate_debias_mask
 from .prompts import chat_prompt
 from .running import guarded_generate
-from .viz.report import drift_table, write_pictures
+from .viz.report import drift_table, processor_box, write_pictures
 
 
 class CommandError(Exception):
@@ -77,7 +77,9 @@ def _compare(model, processor, image, question: str, args) -> None:
     tokens = [processor.tokenizer.decode([t]) for t in plain[0, 1:].tolist()]
     threshold = None if risk is None else risk.meta.get("threshold")
     print(drift_table(run, tokens, threshold=threshold))
-    for path in write_pictures(run, image, Path(args.out), tokens=tokens, threshold=threshold, tau=None if args.no_steer else args.tau):
+    settings = f"{args.model}: K {args.k}" + ("" if args.no_steer else f", τ {args.tau:g}, α {args.alpha:g}")
+    for path in write_pictures(run, image, Path(args.out), box=processor_box(processor, image), tokens=tokens,
+                               threshold=threshold, tau=None if args.no_steer else args.tau, title=settings):  # fmt: skip
         print(f"wrote {path}")
 
 

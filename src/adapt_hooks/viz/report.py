@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
+import torch
+
 from ..hooks.guard import Guard
 
-PLOT_HINT = "drift.png needs matplotlib: pip install 'adapt-hooks[plot]'"
+PLOT_HINT = "overview.png and drift.png need matplotlib: pip install 'adapt-hooks[plot]'"
 #: The fixed colour scale of AMC / anchor in drift.png (1 = as concentrated as in the anchor phase).
 AMC_SCALE = (0.0, 2.0)
 
@@ -44,10 +46,12 @@ def drift_table(run: Guard, tokens: list[str], row: int = 0, threshold: float | 
 def write_pictures(
     run: Guard, image, out: Path, row: int = 0, box=None, say: Callable[[str], None] = print, *,
     tokens: list[str] | None = None, marked: Collection[int] = (), threshold: float | None = None, tau: float | None = None,
+    title: str = "",
 ) -> list[Path]:  # fmt: skip
     """``anchor.png`` (the anchor as a translucent heat map over the image), ``ve.png`` (the
-    anchor-enhanced image) and, with matplotlib, ``drift.png`` (see :func:`plot_drift`); returns
-    the files written."""
+    anchor-enhanced image) and, with matplotlib, ``overview.png`` (the image and both pictures
+    side by side, see :func:`plot_overview`) and ``drift.png`` (see :func:`plot_drift`); ``box`` is
+    the region of ``image`` the model saw (see :func:`processor_box`). Returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     if run.anchor.weights is not None:
@@ -65,12 +69,61 @@ def write_pictures(
     except ImportError:
         say(PLOT_HINT)
         return written
+    if run.anchor.weights is not None:
+        fig = plot_overview(plt, run, shown, row, box=scaled_box, title=title)
+        fig.savefig(out / "overview.png", dpi=100)
+        plt.close(fig)
+        written.append(out / "overview.png")
     if run.monitor.history:
         fig = plot_drift(plt, run, row, tokens=tokens, marked=marked, threshold=threshold, tau=tau)
         fig.savefig(out / "drift.png", dpi=110)
         plt.close(fig)
         written.append(out / "drift.png")
     return written
+
+
+def processor_box(processor, image) -> tuple[int, int, int, int] | None:
+    """The region of ``image`` (``(left, top, right, bottom)`` in its pixels) that the processor
+    shows the model: the centre crop of a resize-shortest-edge-then-crop processor (CLIP, LLaVA-1.5),
+    else ``None`` (the whole image, resized as it is)."""
+    images = getattr(processor, "image_processor", processor)
+    crop, size = getattr(images, "crop_size", None), getattr(images, "size", None)
+    if not getattr(images, "do_center_crop", False) or not crop or not size:
+        return None
+    get = (lambda d, k: d.get(k) if isinstance(d, dict) else getattr(d, k, None))  # noqa: E731 - dict or SizeDict
+    shortest, crop_h, crop_w = get(size, "shortest_edge"), get(crop, "height"), get(crop, "width")
+    if not (shortest and crop_h and crop_w):
+        return None
+    scale = shortest / min(image.width, image.height)  # the resize before the crop
+    width, height = min(image.width, round(crop_w / scale)), min(image.height, round(crop_h / scale))
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return left, top, left + width, top + height
+
+
+def plot_overview(plt, run: Guard, image, row: int = 0, box=None, title: str = ""):
+    """The image, the anchor over it and the anchor-enhanced image side by side, aspect kept, the
+    processor's crop outlined, a colour bar for the anchor's weights and ``title`` (the settings)."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    heat, ve = run.anchor.heatmap(image, row, box=box), run.anchor.to_image(image, row, box=box)
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9 * image.height / image.width + 0.8), constrained_layout=True)
+    for ax, picture, name in zip(axes, (image, heat, ve), ("image", "anchor", "anchor-enhanced (VE) image")):
+        ax.imshow(np.asarray(picture))
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+        if box is not None:
+            ax.add_patch(Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, edgecolor="white", ls="--", lw=1))
+    from matplotlib.colors import ListedColormap
+
+    from .visual import colormap
+
+    colours = ListedColormap((colormap(torch.linspace(0, 1, 256)) / 255).numpy())  # the heat map's own colours
+    scale = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(0, 1))
+    fig.colorbar(scale, ax=axes, shrink=0.8, label="anchor weight")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
 
 
 def enlarge(image, width: int = 288):
