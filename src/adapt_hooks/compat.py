@@ -294,9 +294,11 @@ def layout_inputs(model: nn.Module, capture: ImageCapture | None, kwargs: Mappin
     # a prefill may name them with None (MiniCPM-V's prepare_inputs_for_generation passes target_sizes=None)
     extra = {k: v for k, v in encoder_inputs.items() if kwargs.get(k) is None and k not in PIXEL_KEYWORDS}
     pooled = image_features(encoded)
-    if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:
+    if pooled is not None and input_ids is not None and n_images and len(pooled) > n_images:  # repeated for beams
         order = _expanded_images(model, input_ids, [len(p) for p in pooled], n_images)
-        if order is not None:
+        if order is None:  # the repetition cannot be followed: leave the per-image inputs out, as generate does
+            extra = {k: v for k, v in extra.items() if not isinstance(v, torch.Tensor)}
+        else:
             extra = {k: v[order] if isinstance(v, torch.Tensor) and v.shape[:1] == (n_images,) else v for k, v in extra.items()}
     return {**kwargs, **extra}
 
