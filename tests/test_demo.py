@@ -77,8 +77,14 @@ def test_demo_prints_the_caught_hallucination_the_methods_and_writes_pictures(sh
     # Pictures: the scene as the model saw it, upscaled; the anchor over it; the VE image; the plot.
     picture = np.asarray(Image.open(tmp_path / "scene.png"))
     assert picture.shape == (288, 288, 3) and np.array_equal(picture[::6, ::6], scene.pixels)
-    for name in ("anchor.png", "ve.png", "drift.png"):
+    for name in ("anchor.png", "ve.png", "overview.png", "drift.png"):
         assert Image.open(tmp_path / name).size[0] >= 288, name
+    # The docs' pictures are this command's output (`adapt-hooks demo --out docs/images`), not hand-made.
+    docs = Path(__file__).resolve().parents[1] / "docs" / "images"
+    for name in ("scene.png", "anchor.png", "ve.png"):
+        assert np.array_equal(np.asarray(Image.open(docs / name)), np.asarray(Image.open(tmp_path / name))), f"docs/images/{name} is stale"
+    for name in ("overview.png", "drift.png"):  # matplotlib's rendering may differ by version: the same size
+        assert Image.open(docs / name).size == Image.open(tmp_path / name).size, f"docs/images/{name} is stale"
 
 
 def test_the_observed_demo_run_is_the_plain_model(shapes):

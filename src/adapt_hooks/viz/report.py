@@ -71,7 +71,7 @@ def write_pictures(
         return written
     if run.anchor.weights is not None:
         fig = plot_overview(plt, run, shown, row, box=scaled_box, title=title)
-        fig.savefig(out / "overview.png", dpi=100)
+        fig.savefig(out / "overview.png", dpi=64)
         plt.close(fig)
         written.append(out / "overview.png")
     if run.monitor.history:
@@ -107,7 +107,7 @@ def plot_overview(plt, run: Guard, image, row: int = 0, box=None, title: str = "
     from matplotlib.patches import Rectangle
 
     heat, ve = run.anchor.heatmap(image, row, box=box), run.anchor.to_image(image, row, box=box)
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9 * image.height / image.width + 0.8), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.9 * image.height / image.width + 0.7), constrained_layout=True)
     for ax, picture, name in zip(axes, (image, heat, ve), ("image", "anchor", "anchor-enhanced (VE) image")):
         ax.imshow(np.asarray(picture))
         ax.set_title(name, fontsize=9)
