@@ -39,7 +39,7 @@ def grids_per_row(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> 
     every row, it accepts what ``generate`` makes of per-image inputs for beams before 5.23: each
     entry repeated ``e`` times in place (``repeat_interleave``), or left as it was, once per sample,
     while every sample's row is repeated ``e`` times."""
-    rows = _take_in_order(units, n_tokens)
+    rows = take_in_order(units, n_tokens)
     if rows is not None:
         return rows
     batch = len(n_tokens)
@@ -49,13 +49,15 @@ def grids_per_row(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> 
             continue
         once = list(units[::e]) if len(units) % e == 0 and all(units[i] == units[i - i % e] for i in range(len(units))) else None
         for candidate in (units, once):
-            per_sample = None if candidate is None else _take_in_order(candidate, samples)
+            per_sample = None if candidate is None else take_in_order(candidate, samples)
             if per_sample is not None:
                 return [row for row in per_sample for _ in range(e)]
     return None
 
 
-def _take_in_order(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> list[list[tuple[int, int]]] | None:
+def take_in_order(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) -> list[list[tuple[int, int]]] | None:
+    """``units`` (grids in prompt order) handed to the rows in order, or ``None`` when they do not
+    take exactly each row's ``n_tokens`` image tokens."""
     rows, i = [], 0
     for n in n_tokens:
         row, held = [], 0
@@ -66,6 +68,15 @@ def _take_in_order(units: Sequence[tuple[int, int]], n_tokens: Sequence[int]) ->
             return None
         rows.append(row)
     return rows if i == len(units) else None
+
+
+def image_runs(is_image: torch.Tensor) -> list[int]:
+    """Lengths of the runs of consecutive image tokens in one row (``is_image`` ``[L]``)."""
+    index = torch.nonzero(is_image).flatten()
+    if index.numel() == 0:
+        return []
+    breaks = torch.nonzero(index.diff() != 1).flatten() + 1
+    return [int(run.numel()) for run in torch.tensor_split(index, breaks.tolist())]
 
 
 class Adapter:
@@ -136,6 +147,18 @@ class Adapter:
     def image_mask(self, config, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` bool: which prefill tokens are image tokens (default: the image token id)."""
         return input_ids == self.image_token_id(config)
+
+    @staticmethod
+    def required_input(config, inputs: Mapping[str, object], name: str, n_tokens: Sequence[int]):
+        """``inputs[name]``, which ``row_grids`` needs to place the image tokens; ``None`` when it is
+        absent and no row has image tokens; a ``ValueError`` naming it when rows do."""
+        value = inputs.get(name)
+        if value is None and any(n_tokens):
+            raise ValueError(
+                f"{config.model_type}: the prompt has image tokens but the forward call has no {name}; "
+                "pass it as the processor returns it."
+            )
+        return value
 
     def row_grids(
         self, config, is_image: torch.Tensor, n_tokens: Sequence[int], inputs: Mapping[str, object]

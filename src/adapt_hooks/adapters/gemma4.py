@@ -36,16 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter
-
-
-def _runs(is_image: torch.Tensor) -> list[int]:
-    """Lengths of the runs of consecutive image tokens in one row."""
-    index = torch.nonzero(is_image).flatten()
-    if index.numel() == 0:
-        return []
-    breaks = torch.nonzero(index.diff() != 1).flatten() + 1
-    return [int(run.numel()) for run in torch.tensor_split(index, breaks.tolist())]
+from .base import Adapter, image_runs
 
 
 class Gemma4Adapter(Adapter):
@@ -72,16 +63,11 @@ class Gemma4Adapter(Adapter):
         return grids
 
     def row_grids(self, config, is_image, n_tokens, inputs):
-        positions = inputs.get("image_position_ids")
+        positions = self.required_input(config, inputs, "image_position_ids", n_tokens)
         if positions is None:
-            if any(n_tokens):
-                raise ValueError(
-                    f"{config.model_type}: the prompt has image tokens but the forward call has no image_position_ids; "
-                    "pass them as the processor returns them."
-                )
             return [[] for _ in n_tokens]
         images = self.image_grids(config, positions)
-        runs = [_runs(row) for row in is_image]
+        runs = [image_runs(row) for row in is_image]
         taken = iter(images)
         grids = [[next(taken, (0, 0)) for _ in row] for row in runs]
         if all(h * w == n for row, lengths in zip(grids, runs) for (h, w), n in zip(row, lengths)):

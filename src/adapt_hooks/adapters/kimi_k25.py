@@ -36,12 +36,7 @@ class KimiK25Adapter(Adapter):
     def row_grids(self, config, is_image, n_tokens, inputs):
         if not any(n_tokens):
             return [[] for _ in n_tokens]
-        thw = inputs.get("image_grid_thw")
-        if thw is None:
-            raise ValueError(
-                f"{config.model_type}: the prompt has image tokens but the forward call has no `image_grid_thw`; "
-                "pass it as the processor returns it."
-            )
+        thw = self.required_input(config, inputs, "image_grid_thw", n_tokens)
         kernel_h, kernel_w = config.vision_config.merge_kernel_size
         units = [(int(h) // kernel_h, int(w) // kernel_w) for _, h, w in thw.tolist()]
         grids = grids_per_row(units, n_tokens)

@@ -30,25 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter
-
-Grids = list[list[tuple[int, int]]]
-
-
-def in_order(grids: list[tuple[int, int]], n_tokens) -> Grids | None:
-    """``grids`` handed to the rows in order, or ``None`` when they do not take exactly each row's
-    ``n_tokens`` (Molmo2 reads its views the same way)."""
-    rows, i = [], 0
-    for n in n_tokens:
-        row, held = [], 0
-        while held < n and i < len(grids):
-            row.append(grids[i])
-            held += grids[i][0] * grids[i][1]
-            i += 1
-        if held != n:
-            return None
-        rows.append(row)
-    return rows if i == len(grids) else None
+from .base import Adapter, image_runs, take_in_order
 
 
 class Lfm2VlAdapter(Adapter):
@@ -56,20 +38,15 @@ class Lfm2VlAdapter(Adapter):
     example_checkpoint = "LiquidAI/LFM2-VL-1.6B"
 
     def row_grids(self, config, is_image, n_tokens, inputs):
-        shapes = inputs.get("spatial_shapes")
+        shapes = self.required_input(config, inputs, "spatial_shapes", n_tokens)
         if shapes is None:
-            if any(n_tokens):
-                raise ValueError(
-                    f"{config.model_type}: the prompt has image tokens but the forward call has no `spatial_shapes`; "
-                    "pass it as the processor returns it."
-                )
             return [[] for _ in n_tokens]
         factor = config.downsample_factor
         images = [(int(h) // factor, int(w) // factor) for h, w in torch.as_tensor(shapes).tolist()]
-        runs = [self._runs(is_image[b]) for b in range(len(n_tokens))]
+        runs = [image_runs(is_image[b]) for b in range(len(n_tokens))]
         fitting = None
         for expand in self._expansions(images, n_tokens):
-            grids = in_order(images[::expand], n_tokens[::expand])
+            grids = take_in_order(images[::expand], n_tokens[::expand])
             if grids is None:
                 continue
             grids = [grids[b // expand] for b in range(len(n_tokens))]
@@ -97,11 +74,3 @@ class Lfm2VlAdapter(Adapter):
                 found.append(e)
         return found
 
-    @staticmethod
-    def _runs(is_image: torch.Tensor) -> list[int]:
-        """Lengths of the row's runs of consecutive image tokens."""
-        index = torch.nonzero(is_image).flatten()
-        if index.numel() == 0:
-            return []
-        breaks = torch.nonzero(index.diff() != 1).flatten() + 1
-        return [len(run) for run in torch.tensor_split(index, breaks.tolist())]

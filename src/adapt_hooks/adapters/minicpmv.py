@@ -50,12 +50,7 @@ class MiniCPMV4_6Adapter(Adapter):
     def row_grids(self, config, is_image, n_tokens, inputs):
         if not any(n_tokens):
             return [[] for _ in n_tokens]
-        sizes = inputs.get("target_sizes")
-        if sizes is None:
-            raise ValueError(
-                f"{config.model_type}: the prompt has image tokens but the forward call has no `target_sizes`; "
-                "pass it as the processor returns it."
-            )
+        sizes = self.required_input(config, inputs, "target_sizes", n_tokens)
         mode = inputs.get("downsample_mode") or config.downsample_mode
         merge_h, merge_w = config.merge_kernel_size
         first = 1 if mode == "4x" else 2  # the window-attention merger halves each side (skipped in "4x")

@@ -31,8 +31,7 @@ import math
 
 import torch
 
-from .base import Adapter
-from .lfm2_vl import in_order
+from .base import Adapter, take_in_order
 
 
 class Molmo2Adapter(Adapter):
@@ -43,7 +42,7 @@ class Molmo2Adapter(Adapter):
         image_grids = inputs.get("image_grids")
         if image_grids is not None:
             views = [view for r_h, r_w, h, w in torch.as_tensor(image_grids).tolist() for view in ((r_h, r_w), (h, w))]
-            grids = in_order([view for view in views if view[0] * view[1]], n_tokens)
+            grids = take_in_order([view for view in views if view[0] * view[1]], n_tokens)
             if grids is None:
                 raise ValueError(
                     f"{config.model_type}: image_grids gives views {views} that do not split into the rows' image "

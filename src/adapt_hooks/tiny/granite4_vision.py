@@ -15,6 +15,7 @@ import torch
 
 from ..adapters.granite4_vision import Granite4VisionAdapter
 from ._common import BOS, IMAGE, PAD, TEXT, left_pad, text_tokens
+from .llava_next import anyres_pixels
 
 TILE, PATCH = 32, 4
 PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
@@ -56,10 +57,5 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
         rows.append([BOS] + image + text_tokens(b, generator))
     out = left_pad(rows)
     if images:
-        # the processor pads every image's patches (base first, then tiles) to the batch's largest count
-        pixels = torch.zeros(batch, max(patches), 3, TILE, TILE)
-        for b, n in enumerate(patches):
-            pixels[b, :n] = torch.randn(n, 3, TILE, TILE, generator=generator)
-        out["pixel_values"] = pixels
-        out["image_sizes"] = torch.tensor(sizes)
+        out.update(anyres_pixels(patches, sizes, TILE, generator))
     return out

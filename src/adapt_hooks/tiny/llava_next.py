@@ -88,12 +88,16 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
         rows.append([BOS] + image + text_tokens(b, generator))
     out = left_pad(rows)
     if images:
-        # the processor pads every image's patches (base first, then tiles) to the batch's largest count
-        pixels = torch.zeros(batch, max(patches), 3, TILE, TILE)
-        for b, n in enumerate(patches):
-            pixels[b, :n] = torch.randn(n, 3, TILE, TILE, generator=generator)
-        out["pixel_values"] = pixels
-        out["image_sizes"] = torch.tensor(sizes)
+        out.update(anyres_pixels(patches, sizes, TILE, generator))
         if config.model_type == "llava_onevision":
             out["batch_num_images"] = torch.ones(batch, dtype=torch.long)
     return out
+
+
+def anyres_pixels(patches: list[int], sizes: list[tuple[int, int]], tile: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``pixel_values`` and ``image_sizes`` of LLaVA-NeXT-style anyres images: each image's
+    ``patches[b]`` tiles (base first), padded as the processor pads them, to the batch's largest count."""
+    pixels = torch.zeros(len(patches), max(patches), 3, tile, tile)
+    for b, n in enumerate(patches):
+        pixels[b, :n] = torch.randn(n, 3, tile, tile, generator=generator)
+    return {"pixel_values": pixels, "image_sizes": torch.tensor(sizes)}
