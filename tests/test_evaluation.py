@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt_hooks.evaluation import amber, chair, coco, pope, stats
+from adapt_hooks.evaluation import amber, chair, coco, pope, runner, stats
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -170,34 +170,105 @@ def write_amber(folder: Path) -> Path:
                {"id": 2, "image": "AMBER_2.jpg", "query": "Describe this image."},
                {"id": 3, "image": "AMBER_1.jpg", "query": "Is there a dog in this image?"},
                {"id": 4, "image": "AMBER_2.jpg", "query": "Is the tree green in this image?"},
-               {"id": 5, "image": "AMBER_2.jpg", "query": "Is the man holding the umbrella in this image?"}]  # fmt: skip
+               {"id": 5, "image": "AMBER_2.jpg", "query": "Is there direct contact between the man and umbrella?"},
+               {"id": 6, "image": "AMBER_1.jpg", "query": "Is there a car in this image?"}]  # fmt: skip
+    # the release's annotations.json has an "id" per entry; 'relation' is a type the release uses as is
     annotations = [{"id": 1, "type": "generative", "truth": ["dog", "grass", "tree"], "hallu": ["person", "ball"]},
-                   {"id": 2, "type": "generative", "truth": ["man", "umbrella", "tree"], "hallu": ["car"]},
+                   {"id": 2, "type": "generative", "truth": ["man", "umbrella", "person", "man"], "hallu": ["car"]},
                    {"id": 3, "type": "discriminative-hallucination", "truth": "yes"},
                    {"id": 4, "type": "discriminative-attribute-state", "truth": "no"},
-                   {"id": 5, "type": "discriminative-relation", "truth": "yes"}]  # fmt: skip
+                   {"id": 5, "type": "relation", "truth": "yes"},
+                   {"id": 6, "type": "discriminative-hallucination", "truth": "no"}]  # fmt: skip
+    relation = {"dog": [], "grass": ["lawn"], "tree": [], "man": ["person"], "person": ["people"], "umbrella": [],
+                "ball": [], "car": ["vehicle"], "camera": []}  # fmt: skip
     (folder / "query").mkdir(parents=True)
     (folder / "query" / "query_all.json").write_text(json.dumps(queries))
     (folder / "annotations.json").write_text(json.dumps(annotations))
-    (folder / "relation.json").write_text(json.dumps({"grass": ["lawn"], "man": ["person"]}))
+    (folder / "relation.json").write_text(json.dumps(relation))
+    (folder / "safe_words.txt").write_text("camera\nline")
     _image(folder / "image" / "AMBER_1.jpg", (10, 120, 30))
     _image(folder / "image" / "AMBER_2.jpg", (90, 90, 200))
     return folder
 
 
+AMBER_DESCRIPTIONS = ["A dog on the lawn chasing a ball near a tree. Another dog and a camera.",
+                      "A person with an umbrella next to a vehicle."]  # fmt: skip
+
+
 def test_amber_generative_by_hand(tmp_path):
     data = amber.load_amber(write_amber(tmp_path / "amber"))
     gen = [i for i in data.items if i.generative]
-    assert [i.family for i in data.items if not i.generative] == ["existence", "attribute", "relation"]
-    descriptions = ["A dog on the lawn chasing a ball near a tree.",     # dog, lawn (assoc. grass), ball (h, cog), tree
-                    "A person with an umbrella next to a car."]          # person (assoc. man), umbrella, car (h, cog)
-    metrics, details = amber.generative(descriptions, gen, data)
-    # named: 4 + 3 = 7; hallucinated: 1 + 1 = 2; cognitive: 2; truth 3 + 3, covered: dog, tree + umbrella = 3
-    assert details[0]["objects"] == ["ball", "dog", "lawn", "tree"] and details[0]["hallucinated"] == ["ball"]
-    assert metrics["CHAIR"] == pytest.approx(2 / 7)
-    assert metrics["Cover"] == pytest.approx(3 / 6)
+    assert [i.family for i in data.items if not i.generative] == ["existence", "attribute", "relation", "existence"]
+    metrics, details = amber.generative(AMBER_DESCRIPTIONS, gen, data)
+    # 1: dog, lawn (-> grass), ball (hallucinated, a hallu entry), tree, dog, camera (a safe word): 6 named, 1
+    #    hallucinated, truth 3/3 covered, hallu 1/2 named.
+    # 2: person (-> the first "man" entry: associated words are matched before the entries), umbrella, vehicle
+    #    (-> car, hallucinated): 3 named, 1 hallucinated, truth 2/4 covered ("person" and the second "man"
+    #    never are), hallu 1/1.
+    assert details[0]["objects"] == ["dog", "lawn", "ball", "tree", "dog", "camera"]
+    assert details[0]["hallucinated"] == ["ball"] and details[0]["covered"] == ["dog", "grass", "tree"]
+    assert details[1]["covered"] == ["man", "umbrella"] and details[1]["cognitive"] == ["car"]
+    assert metrics["CHAIR"] == pytest.approx(2 / 9)
+    assert metrics["Cover"] == pytest.approx(5 / 7)
     assert metrics["Hal"] == pytest.approx(2 / 2)
-    assert metrics["Cog"] == pytest.approx(2 / 7)
+    assert metrics["Cog"] == pytest.approx(2 / 3)
+
+
+def _release_counts(nouns, truth, hallu, association, safe):
+    """The release script's bookkeeping, written out independently: one flag per entry (truth /
+    hallu), associated words listed before the entries, each word marking the first it matches."""
+    def marker(entries):
+        words = [w for e in entries for w in association[e]] + list(entries)
+        owner = [k for k, e in enumerate(entries) for _ in association[e]] + list(range(len(entries)))
+        return words, owner, [0] * len(entries)
+
+    safe_words, safe_owner, covered = marker(truth)
+    ha_words, ha_owner, cognitive = marker(hallu)
+    hallucinated = 0
+    for noun in nouns:
+        if noun in safe:
+            continue
+        if noun in safe_words:
+            covered[safe_owner[safe_words.index(noun)]] = 1
+            continue
+        if noun in ha_words:
+            cognitive[ha_owner[ha_words.index(noun)]] = 1
+        hallucinated += 1
+    return [len(nouns), hallucinated, int(hallucinated > 0), len(truth), sum(covered), len(hallu), sum(cognitive), 1]
+
+
+def test_amber_generative_matches_the_release_bookkeeping(tmp_path):
+    """On many random descriptions over the fixture's vocabulary, the counts equal an independent
+    rewrite of the release script's bookkeeping applied to the same words."""
+    data = amber.load_amber(write_amber(tmp_path / "amber"))
+    gen = [i for i in data.items if i.generative]
+    vocab = data.vocabulary()
+    words = ["dog", "lawn", "grass", "person", "people", "man", "vehicle", "car", "camera", "ball", "umbrella", "tree", "sky"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        item = gen[rng.integers(len(gen))]
+        text = " and ".join(rng.choice(words, size=rng.integers(0, 8)))
+        nouns = [m.category for m in vocab.mentions(text)]
+        expected = _release_counts(nouns, item.truth, item.hallu, data.association, data.safe_words)
+        assert amber.description_details(text, item, data, vocab)["counts"] == expected, text
+
+
+def test_amber_discriminative_no_is_positive(tmp_path):
+    data = amber.load_amber(write_amber(tmp_path / "amber"))
+    dis = [i for i in data.items if not i.generative]
+    answers = ["Yes, there is a dog.", "No.", "I cannot tell.", "Yes"]  # right, right "no", unparsed, wrong
+    metrics = amber.discriminative(answers, dis)
+    # correct 2 of 4; answered "no" 1, of which right 1; true "no" 2
+    assert metrics == pytest.approx({"accuracy": 0.5, "precision": 1.0, "recall": 0.5, "F1": 2 / 3, "unparsed": 0.25})
+    images, counts = amber.discriminative_matrix(answers, dis)
+    assert images == ["AMBER_1.jpg", "AMBER_2.jpg"] and counts.sum(0).tolist() == [2, 1, 1, 2, 4, 1]
+
+
+def test_amber_reads_annotations_without_ids(tmp_path):
+    folder = write_amber(tmp_path / "amber")
+    rows = json.loads((folder / "annotations.json").read_text())
+    (folder / "annotations.json").write_text(json.dumps([{k: v for k, v in r.items() if k != "id"} for r in rows]))
+    assert amber.load_amber(folder).items == amber.load_amber(write_amber(tmp_path / "again")).items
 
 
 # -- the bootstrap ------------------------------------------------------------------------------
@@ -294,11 +365,32 @@ def test_eval_chair_and_pope_on_the_tiny_model_resume(tmp_path):
 def test_eval_amber_and_bad_input(tmp_path):
     data = write_amber(tmp_path / "amber")
     out = tmp_path / "amber.json"
+    short = _cli("--model", "tiny", "--benchmark", "amber", "--data", data, "--methods", "plain", "--max-new-tokens", "3",
+                 "--n-boot", "20", "--limit", "1", "--out", tmp_path / "short.json", cwd=tmp_path)  # fmt: skip
+    assert short.returncode == 0, short.stderr
+    record = json.loads((tmp_path / "short.json").read_text())
+    assert record["sizes"] == {"amber-generative": {"run": 1, "full": 2}, "amber-existence": {"run": 1, "full": 2},
+                               "amber-attribute": {"run": 1, "full": 1}, "amber-relation": {"run": 1, "full": 1},
+                               "amber-all": {"run": 3, "full": 4}}  # fmt: skip
+    assert len(record["answers"]["plain"]) == 4  # "all" shares the families' answers
+    seconds = record["seconds"]["plain"]
+    assert set(seconds) == {"amber-generative", "amber-existence", "amber-attribute", "amber-relation"}
+    hours = sum(s / n * record["sizes"][t]["full"] for t, (s, n) in seconds.items()) / 3600
+    assert runner.full_run_hours(record)["plain"] == pytest.approx((4, sum(s for s, _ in seconds.values()), hours))
+    assert f"| plain | 4 |" in (tmp_path / "short.md").read_text()
+
     result = _cli("--model", "tiny", "--benchmark", "amber", "--data", data, "--methods", "plain,pai", "--max-new-tokens",
                   "5", "--n-boot", "20", "--out", out, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     assert set(record["metrics"]["pai"]) == {"amber-generative", "amber-existence", "amber-attribute", "amber-relation", "amber-all"}
+    items = amber.load_amber(data).items
+    dis, gen = [i for i in items if not i.generative], [i for i in items if i.generative]
+    answers = record["answers"]["pai"]
+    expected = amber.discriminative([answers[f"d/{i.id}"] for i in dis], dis)
+    assert {k: v["value"] for k, v in record["metrics"]["pai"]["amber-all"].items()} == pytest.approx(expected)
+    expected = amber.generative([answers[f"g/{i.id}"] for i in gen], gen, amber.load_amber(data))[0]
+    assert {k: v["value"] for k, v in record["metrics"]["pai"]["amber-generative"].items()} == pytest.approx(expected, nan_ok=True)
     bad = _cli("--model", "tiny", "--benchmark", "amber", "--data", data, "--methods", "plain,magic", "--out", out, cwd=tmp_path)
     assert bad.returncode == 2 and "unknown" in bad.stderr
     missing = _cli("--model", "tiny", "--benchmark", "chair", "--data", data, "--out", tmp_path / "x.json", cwd=tmp_path)

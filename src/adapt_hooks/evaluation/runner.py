@@ -41,6 +41,7 @@ class Task:
     metric: stats.MetricFn
     max_new_tokens: int
     headline: tuple[str, ...] = ()
+    full: int | None = None                # items without --limit (for the time of a full run)
 
 
 @dataclass
@@ -79,13 +80,14 @@ def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens
     vocab = coco.coco_vocabulary() if vocabulary == "coco" else coco.categories_vocabulary(data.categories.values())
     truth = data.truth(vocab)
     ids = data.image_ids[:limit] if limit else data.image_ids
+    full = len(data.image_ids)
     items = [Item(str(i), image_path(folder, data.files[i]), prompts.describe) for i in ids]
 
     def score(answers: dict[str, str]):
         details = {str(i): chair.caption_details(answers[str(i)], truth[i], vocab) for i in ids}
         return chair.count_matrix([details[str(i)] for i in ids]), details
 
-    return Task("chair", items, score, chair.metrics_from_counts, max_new_tokens, ("CHAIR_s", "CHAIR_i", "recall"))
+    return Task("chair", items, score, chair.metrics_from_counts, max_new_tokens, ("CHAIR_s", "CHAIR_i", "recall"), full)
 
 
 def pope_tasks(folder: Path, limit: int | None, prompts: Prompts, answer_tokens: int, seed: int,
@@ -102,12 +104,13 @@ def pope_tasks(folder: Path, limit: int | None, prompts: Prompts, answer_tokens:
                 data = coco.load_coco(instances)
             questions = pope.build_questions(data, split, n_images=n_images, seed=seed)
             questions = [pope.Question(q.image, q.obj, q.label, prompts.question.format(q.obj), q.question_id) for q in questions]
+        full = len(questions)
         if limit:
             keep = list(dict.fromkeys(q.image for q in questions))[:limit]
             questions = [q for q in questions if q.image in set(keep)]
         items = [Item(f"{split}/{n}", image_path(folder, q.image), q.prompt) for n, q in enumerate(questions)]
         tasks.append(Task(f"pope-{split}", items, _pope_scorer(split, questions), pope.metrics_from_counts, answer_tokens,
-                          ("accuracy", "F1", "yes_ratio")))  # fmt: skip
+                          ("accuracy", "F1", "yes_ratio"), full))  # fmt: skip
     return tasks
 
 
@@ -126,32 +129,35 @@ def amber_tasks(folder: Path, limit: int | None, max_new_tokens: int, answer_tok
     data = amber.load_amber(folder)
     gen = [i for i in data.items if i.generative]
     dis = [i for i in data.items if not i.generative]
-    if limit:
-        gen, dis = gen[:limit], dis[:limit]
+    families = {f: [i for i in dis if i.family == f] for f in amber.FAMILIES}
+    full = {"generative": len(gen), **{f: len(chosen) for f, chosen in families.items()}, "all": len(dis)}
+    if limit:                                  # the first N of each task, so that each is timed
+        gen = gen[:limit]
+        families = {f: chosen[:limit] for f, chosen in families.items()}
+    families["all"] = sorted((i for chosen in families.values() for i in chosen), key=lambda i: i.id)
     vocab = data.vocabulary()
     tasks = []
     if gen:
         def score_gen(answers):
-            details = {f"g/{i.id}": amber.description_details(answers[f"g/{i.id}"], i, vocab, data.association) for i in gen}
+            details = {f"g/{i.id}": amber.description_details(answers[f"g/{i.id}"], i, data, vocab) for i in gen}
             return np.array([details[f"g/{i.id}"]["counts"] for i in gen], float), details
 
         items = [Item(f"g/{i.id}", image_path(folder, i.image), i.query) for i in gen]
         tasks.append(Task("amber-generative", items, score_gen, amber.generative_from_counts, max_new_tokens,
-                          ("CHAIR", "Cover", "Hal", "Cog")))  # fmt: skip
-    for family in amber.FAMILIES + ("all",):
-        chosen = [i for i in dis if family == "all" or i.family == family]
+                          ("CHAIR", "Cover", "Hal", "Cog"), full["generative"]))  # fmt: skip
+    for family, chosen in families.items():
         if not chosen:
             continue
-        questions = [pope.Question(i.image, "", i.truth == "yes", i.query, i.id) for i in chosen]
 
-        def score_dis(answers, chosen=chosen, questions=questions):
+        def score_dis(answers, chosen=chosen):
             texts = [answers[f"d/{i.id}"] for i in chosen]
             details = {f"d/{i.id}": {"type": i.type, "label": i.truth, "parsed": {True: "yes", False: "no", None: None}[pope.parse_yes_no(t)]}
                        for i, t in zip(chosen, texts)}  # fmt: skip
-            return pope.count_matrix(texts, questions)[1], details
+            return amber.discriminative_matrix(texts, chosen)[1], details
 
         items = [Item(f"d/{i.id}", image_path(folder, i.image), i.query) for i in chosen]
-        tasks.append(Task(f"amber-{family}", items, score_dis, pope.metrics_from_counts, answer_tokens, ("accuracy", "F1")))
+        tasks.append(Task(f"amber-{family}", items, score_dis, amber.discriminative_from_counts, answer_tokens,
+                          ("accuracy", "precision", "recall", "F1"), full[family]))  # fmt: skip
     return tasks
 
 
@@ -267,6 +273,7 @@ class Run:
                 )
         record["baseline"] = baseline
         record["headline"] = {t.name: list(t.headline) for t in self.tasks}
+        record["sizes"] = {t.name: {"run": len(t.items), "full": t.full or len(t.items)} for t in self.tasks}
 
 
 # -- reports ------------------------------------------------------------------------------------
@@ -279,7 +286,8 @@ def markdown(record: dict) -> str:
         for method, tasks in record["metrics"].items():
             cells = [_cell(tasks[task][n]["value"], tasks[task][n]["low"], tasks[task][n]["high"]) for n in names]
             seconds, n = record.get("seconds", {}).get(method, {}).get(task, [float("nan"), 0])
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {seconds / n if n else float('nan'):.3f} |")
+            timed = f"{seconds / n:.3f}" if n else "–"       # AMBER's "all": answered by its families
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {timed} |")
         if record["paired"]:
             lines += ["", f"Paired against {record['baseline']} on the same images (difference [95 % interval]):", "",
                       "| method | " + " | ".join(f"Δ {n}" for n in names) + " |", "|---|" + "---|" * len(names)]  # fmt: skip
@@ -287,7 +295,28 @@ def markdown(record: dict) -> str:
                 cells = [_cell(tasks[task][n]["diff"], tasks[task][n]["low"], tasks[task][n]["high"], sign=True) for n in names]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    hours = full_run_hours(record)
+    if hours:
+        lines += ["## Time", "", "Measured seconds per answer, and the hours a run of the whole benchmark would take at that speed:",
+                  "", "| method | answers here | s / answer | full run (h) |", "|---|---|---|---|"]  # fmt: skip
+        for method, (answers, seconds, full) in hours.items():
+            lines.append(f"| {method} | {answers} | {seconds / answers:.3f} | {full:.3g} |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def full_run_hours(record: dict) -> dict[str, tuple[int, float, float]]:
+    """Per method: answers generated (timed), their seconds, and the hours every item of the
+    benchmark (without ``--limit``) would take at each task's measured seconds per answer. Items
+    shared by two tasks (AMBER's families and ``all``) are timed, and counted, once."""
+    out = {}
+    sizes = record.get("sizes", {})
+    for method, tasks in record.get("seconds", {}).items():
+        timed = [(tasks[t][0], tasks[t][1], sizes[t]["full"]) for t in sizes if t in tasks and tasks[t][1]]
+        if timed:
+            answers, seconds = sum(n for _, n, _ in timed), sum(s for s, _, _ in timed)
+            out[method] = (answers, seconds, sum(s / n * full for s, n, full in timed) / 3600)
+    return out
 
 
 def _cell(value: float, low: float, high: float, sign: bool = False) -> str:
