@@ -111,6 +111,18 @@ def test_yes_no_parser():
     assert pope.parse_yes_no("I cannot tell.") is None
 
 
+def test_release_yes_no_rule():
+    """POPE's evaluate.py: "no" when the first sentence has the word no / No / not, else "yes"."""
+    rule = pope.parse_like_release
+    assert rule("No") is False and rule("Yes.") is True and rule("I cannot tell.") is True
+    assert rule("Yes, but there is no dog.") is False             # differs from the first-word parser
+    assert pope.parse_yes_no("Yes, but there is no dog.") is True
+    assert rule("There is not a dog") is False and rule("NO") is True  # only these spellings count
+    assert rule("Yes. There is no cat.") is True                   # only the first sentence is read
+    assert rule("No, there isn't.") is False and rule("Nope") is True
+    assert set(pope.PARSERS) == {"first", "pope"}
+
+
 def test_pope_metrics_by_hand():
     questions = [pope.Question("a.jpg", "dog", True), pope.Question("a.jpg", "cat", False),
                  pope.Question("b.jpg", "car", True), pope.Question("b.jpg", "bus", False),
@@ -138,19 +150,36 @@ def test_pope_sampling_rules(coco_dir):
     categories = sorted(data.categories.values())
     # image 2 (cat, couch): the most frequent absent: person 3, then car 2 and dog 2 (by name)
     assert pope.negatives("popular", {"cat", "couch"}, categories, 3, rng, freq, co) == ["person", "car", "dog"]
-    # image 4 (person, car, bus): co-occurrence summed over them: dog = 2 (with person, images 1 and 3)
-    # + 1 (with car, image 3) = 3; bicycle = 1 + 1 = 2; dining table = 1; cat, couch, cup, bird 0
-    assert pope.negatives("adversarial", {"person", "car", "bus"}, categories, 3, rng, freq, co) == ["dog", "bicycle", "dining table"]
+    # image 4 (person, car, bus), asked in that order: with person, dog co-occurs in 2 images (1, 3),
+    # dining table and bicycle in 1 -> dog; with car, dog (taken) and bicycle in 1 -> bicycle; bus
+    # co-occurs only with present objects -> one of the absent ones left, drawn
+    present = {"person", "car", "bus"}
+    adversarial = pope.negatives("adversarial", present, categories, 3, rng, freq, co, positives=["person", "car", "bus"])
+    assert adversarial[:2] == ["dog", "bicycle"] and adversarial[2] in {"cat", "couch", "dining table", "cup", "bird"}
+    # asked in another order, each takes its own partner: car first -> bicycle and dog tie at 1, by name
+    assert pope.negatives("adversarial", present, categories, 2, rng, freq, co, positives=["car", "person"]) == ["bicycle", "dog"]
     rand = pope.negatives("random", {"person", "car", "bus"}, categories, 3, rng, freq, co)
     assert len(set(rand)) == 3 and not set(rand) & {"person", "car", "bus"}
     built = pope.build_questions(data, "adversarial", n_images=10, n_per_side=3, seed=1)
     # images with at least 3 objects: 1, 3, 4 -> 3 images x 6 questions, alternating yes/no
     assert len(built) == 18 and [q.label for q in built[:4]] == [True, False, True, False]
     image4 = [q for q in built if q.image.endswith("4.jpg")]
-    assert {q.obj for q in image4 if q.label} == {"person", "car", "bus"}
-    assert [q.obj for q in image4 if not q.label] == ["dog", "bicycle", "dining table"]
-    assert built[0].prompt == f"Is there a {built[0].obj} in the image?"
+    asked = [q.obj for q in image4 if q.label]
+    assert sorted(asked) == ["bus", "car", "person"]
+    negatives = [q.obj for q in image4 if not q.label]
+    for k, (yes, no) in enumerate(zip(asked, negatives)):  # each "no" is its "yes" object's strongest absent partner
+        partners = {c: n for c, n in co[yes].items() if c not in present and c not in negatives[:k]}
+        assert no == min(partners, key=lambda c: (-partners[c], c)) if partners else no not in present | set(negatives[:k])
+    assert built[0].prompt == pope.ask(pope.TEMPLATE, built[0].obj)
     assert pope.build_questions(data, "random", seed=5) == pope.build_questions(data, "random", seed=5)
+
+
+def test_questions_say_an_before_a_vowel():
+    assert pope.ask(pope.TEMPLATE, "oven") == "Is there an oven in the image?"
+    assert pope.ask(pope.TEMPLATE, "dog") == "Is there a dog in the image?"
+    assert pope.ask("Do you see a {} here?", "apple") == "Do you see an apple here?"
+    assert pope.ask("{}?", "apple") == "apple?"
+    assert pope.Question("x.jpg", "umbrella", True).prompt == "Is there an umbrella in the image?"
 
 
 def test_read_released_pope_file(tmp_path):
@@ -360,6 +389,21 @@ def test_eval_chair_and_pope_on_the_tiny_model_resume(tmp_path):
     record = json.loads(pope_out.read_text())
     assert len(record["answers"]["guard"]) == 12  # 2 images x 6 questions
     assert set(record["metrics"]["guard"]["pope-adversarial"]) >= {"accuracy", "precision", "recall", "F1", "yes_ratio"}
+    # another yes/no parser rescores the saved answers (none generated again: a planted one stays)
+    key = next(iter(record["answers"]["plain"]))
+    record["answers"]["plain"][key] = "Yes, but there is no such thing."
+    pope_out.write_text(json.dumps(record))
+    rescored = _cli("--model", "tiny", "--benchmark", "pope", "--data", data, "--methods", "plain,guard", "--splits",
+                    "adversarial", "--n-boot", "20", "--answer-tokens", "3", "--out", pope_out, "--yes-no", "pope",
+                    cwd=tmp_path)  # fmt: skip
+    assert rescored.returncode == 0, rescored.stderr
+    record = json.loads(pope_out.read_text())
+    assert record["answers"]["plain"][key] == "Yes, but there is no such thing." and record["scoring"] == {"yes_no": "pope"}
+    assert record["details"]["plain"][key]["parsed"] == "no"
+    questions = pope.build_questions(coco.load_coco(data / "annotations/instances_val2014.json"), "adversarial")
+    answers = [record["answers"]["plain"][f"adversarial/{n}"] for n in range(len(questions))]
+    expected = pope.pope(answers, questions, pope.parse_like_release)
+    assert {k: v["value"] for k, v in record["metrics"]["plain"]["pope-adversarial"].items()} == pytest.approx(expected)
 
 
 def test_eval_amber_and_bad_input(tmp_path):

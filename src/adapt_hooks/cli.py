@@ -131,15 +131,16 @@ def evaluate(args: argparse.Namespace) -> None:
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         if not splits or set(splits) - set(pope.SPLITS):
             raise CommandError(f"--splits {args.splits!r}: choose among {', '.join(pope.SPLITS)}")
-        tasks = runner.pope_tasks(data, args.limit, prompts, args.answer_tokens, args.seed, splits, args.pope_images)
+        tasks = runner.pope_tasks(data, args.limit, prompts, args.answer_tokens, args.seed, splits, args.pope_images, args.yes_no)
     else:
-        tasks = runner.amber_tasks(data, args.limit, args.max_new_tokens, args.answer_tokens)
+        tasks = runner.amber_tasks(data, args.limit, args.max_new_tokens, args.answer_tokens, args.yes_no)
     settings = {"data": str(data.resolve()), "limit": args.limit, "max_new_tokens": args.max_new_tokens,
                 "answer_tokens": args.answer_tokens, "prompt": args.prompt, "question": args.question, "seed": args.seed,
                 "splits": args.splits, "pope_images": args.pope_images, "vocabulary": args.vocabulary,
                 "dtype": args.dtype}  # fmt: skip
     out = Path(args.out)
-    job = runner.Run(args.model, args.benchmark, tasks, names, out, args.batch_size, args.seed, args.n_boot, settings)
+    job = runner.Run(args.model, args.benchmark, tasks, names, out, args.batch_size, args.seed, args.n_boot, settings,
+                     scoring={"yes_no": args.yes_no})  # fmt: skip
     job.load()  # refuse a mismatching output file before loading the model
     model, processor = _eval_model(args.model, _device(args.device), args.dtype)
     record = job.execute(model, processor, progress=not args.no_progress)
@@ -247,8 +248,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="new tokens of a description (default: 512)")
     p.add_argument("--answer-tokens", type=int, default=8, help="new tokens of a yes/no answer (default: 8)")
+    p.add_argument("--yes-no", choices=("first", "pope"), default="first",
+                   help="yes/no parser: the first standalone yes/no (default), or POPE's release rule ('no'/'not' in the "
+                        "first sentence); changing it rescores the saved answers")  # fmt: skip
     p.add_argument("--prompt", default=_default_prompt(), help="the description prompt of CHAIR")
-    p.add_argument("--question", default="Is there a {} in the image?", help="POPE question built from annotations ({} is the object)")
+    p.add_argument("--question", default="Is there a {} in the image?", help="POPE question built from annotations ({} is the object; \"a {}\" reads \"an {}\" before a vowel)")
     p.add_argument("--splits", default="random,popular,adversarial", help="POPE splits (default: all three)")
     p.add_argument("--pope-images", type=int, default=500, help="images per built POPE split (default: 500)")
     p.add_argument("--vocabulary", default="coco", choices=["coco", "categories"],

@@ -31,8 +31,9 @@ does not depend on: vocabulary words are found by this package's phrase matcher 
 included) instead of a part-of-speech tagger's nouns, and a word is not also matched to a true
 object by word-vector similarity (> 0.8). Figures can therefore differ from the script's slightly.
 
-Discriminative (yes/no queries): answers parsed like POPE's (first standalone yes/no), and, as in
-the release, "no" is the positive class (a hallucination detected): precision = correct "no" /
+Discriminative (yes/no queries): answers parsed by one of :data:`.pope.PARSERS` (the first
+standalone yes/no by default; the release itself compares the whole answer with "Yes" / "No"),
+and, as in the release, "no" is the positive class (a hallucination detected): precision = correct "no" /
 answers "no", recall = correct "no" / true "no", with accuracy, F1 and the share of unparsed
 answers (never correct, never "no"), per family (existence, attribute, relation) and all together.
 """
@@ -40,7 +41,7 @@ answers (never correct, never "no"), per family (existence, attribute, relation)
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,11 +179,14 @@ def generative(descriptions: Sequence[str], items: Sequence[AmberItem], data: Am
     return {k: float(v) for k, v in generative_from_counts(counts.sum(0)).items()}, details
 
 
-def answer_counts(answers: Sequence[str], items: Sequence[AmberItem]) -> list[int]:
+Parser = Callable[[str], "bool | None"]
+
+
+def answer_counts(answers: Sequence[str], items: Sequence[AmberItem], parse: Parser = parse_yes_no) -> list[int]:
     """:data:`QA_COUNTS` of a group of yes/no answers."""
     correct = answered_no = correct_no = truth_no = unparsed = 0
     for answer, item in zip(answers, items, strict=True):
-        said = parse_yes_no(answer)
+        said = parse(answer)
         no = item.truth == "no"
         unparsed += said is None
         answered_no += said is False
@@ -192,7 +196,7 @@ def answer_counts(answers: Sequence[str], items: Sequence[AmberItem]) -> list[in
     return [correct, answered_no, correct_no, truth_no, len(items), unparsed]
 
 
-def discriminative_matrix(answers: Sequence[str], items: Sequence[AmberItem]) -> tuple[list[str], np.ndarray]:
+def discriminative_matrix(answers: Sequence[str], items: Sequence[AmberItem], parse: Parser = parse_yes_no) -> tuple[list[str], np.ndarray]:
     """Images (in first-seen order) and ``[n_images, len(QA_COUNTS)]`` (the bootstrap's units)."""
     groups: dict[str, tuple[list, list]] = {}
     for answer, item in zip(answers, items, strict=True):
@@ -200,7 +204,7 @@ def discriminative_matrix(answers: Sequence[str], items: Sequence[AmberItem]) ->
         a.append(answer)
         i.append(item)
     images = list(groups)
-    return images, np.array([answer_counts(*groups[i]) for i in images], float).reshape(len(images), len(QA_COUNTS))
+    return images, np.array([answer_counts(*groups[i], parse) for i in images], float).reshape(len(images), len(QA_COUNTS))
 
 
 def discriminative_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -212,6 +216,6 @@ def discriminative_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:
             "F1": ratio(2 * precision * recall, precision + recall), "unparsed": ratio(unparsed, n)}  # fmt: skip
 
 
-def discriminative(answers: Sequence[str], items: Sequence[AmberItem]) -> dict[str, float]:
+def discriminative(answers: Sequence[str], items: Sequence[AmberItem], parse: Parser = parse_yes_no) -> dict[str, float]:
     """AMBER's discriminative metrics of answers to ``items`` (one answer each)."""
-    return {k: float(v) for k, v in discriminative_from_counts(np.array(answer_counts(answers, items), float)).items()}
+    return {k: float(v) for k, v in discriminative_from_counts(np.array(answer_counts(answers, items, parse), float)).items()}

@@ -7,17 +7,22 @@ objects are chosen (the paper's sampling rules, from instance annotations):
 * ``random``: uniformly among the categories the image does not contain;
 * ``popular``: the most frequent categories of the dataset (by the number of images that
   contain them) that the image does not contain, most frequent first;
-* ``adversarial``: the categories that co-occur most often with the image's own objects (summed
-  over its objects, counted in images), that the image does not contain, most first.
+* ``adversarial``: for each present object asked about, in turn, the category that co-occurs
+  most often with *that* object (counted in images), that the image does not contain and that was
+  not asked yet; a uniformly drawn absent category when none co-occurs (the release's rule).
 
 Ties are broken by category name, and the present objects are drawn uniformly (seeded), so a
-built split is reproducible. The released question files can be read instead
+built split is reproducible. Questions read "Is there a/an {object} in the image?", with "an"
+before a vowel as in the released files. The released question files can be read instead
 (:func:`read_questions`): JSON lines ``{"question_id", "image", "text", "label"}`` (``label``
 "yes"/"no"), or a JSON list of such objects.
 
 Answers are parsed by :func:`parse_yes_no`: the first standalone word "yes" or "no"
 (case-insensitive) decides; an answer with neither is *unparsed* and counted as "no" (and
-reported). Metrics treat "yes" as positive: accuracy, precision, recall, F1 and the yes-ratio.
+reported). :func:`parse_like_release` is the rule of POPE's own ``evaluate.py``, which most papers'
+tables use: "no" when the first sentence has the word "no", "No" or "not", else "yes"
+(``PARSERS`` names both). Metrics treat "yes" as positive: accuracy, precision, recall, F1 and
+the yes-ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +59,24 @@ class Question:
 
     @property
     def prompt(self) -> str:
-        return self.text or TEMPLATE.format(self.obj)
+        return self.text or ask(TEMPLATE, self.obj)
 
 
 def parse_yes_no(answer: str) -> bool | None:
     """True for "yes", False for "no", by the first standalone yes/no word; None when neither."""
     found = _YES_NO.search(answer)
     return None if found is None else found.group(1).lower() == "yes"
+
+
+def parse_like_release(answer: str) -> bool:
+    """POPE's release rule: False when the first sentence (up to the first ".", commas dropped,
+    split at spaces) has the word "no", "No" or "not"; True otherwise (never unparsed)."""
+    first = answer.split(".", 1)[0].replace(",", "")
+    return not {"no", "No", "not"} & set(first.split(" "))
+
+
+#: Yes/no parsers by name (``adapt-hooks eval --yes-no``).
+PARSERS: dict[str, Callable[[str], bool | None]] = {"first": parse_yes_no, "pope": parse_like_release}
 
 
 def frequencies(objects: Mapping[int, set[str]]) -> Counter:
@@ -77,9 +93,17 @@ def cooccurrence(objects: Mapping[int, set[str]]) -> dict[str, Counter]:
     return co
 
 
+def ask(template: str, obj: str) -> str:
+    """``template`` (with ``{}`` for the object) asked about ``obj``: "a {}" reads "an {}" before a vowel."""
+    if obj[:1].lower() in "aeiou" and obj:
+        template = re.sub(r"\ba \{\}", "an {}", template)
+    return template.format(obj)
+
+
 def negatives(split: str, present: set[str], categories: Sequence[str], n: int, rng: np.random.Generator,
-              freq: Counter, co: Mapping[str, Counter]) -> list[str]:  # fmt: skip
-    """``n`` absent categories of one image by ``split``'s rule."""
+              freq: Counter, co: Mapping[str, Counter], positives: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """``n`` absent categories of one image by ``split``'s rule (``adversarial``: one per object
+    of ``positives``, in order)."""
     absent = sorted(c for c in categories if c not in present)
     if split == "random":
         picks = rng.choice(len(absent), size=min(n, len(absent)), replace=False)
@@ -87,7 +111,15 @@ def negatives(split: str, present: set[str], categories: Sequence[str], n: int, 
     if split == "popular":
         score = {c: freq.get(c, 0) for c in absent}
     elif split == "adversarial":
-        score = {c: sum(co.get(g, Counter()).get(c, 0) for g in present) for c in absent}
+        chosen: list[str] = []
+        for asked in list(positives)[:n]:
+            left = [c for c in absent if c not in chosen]
+            if not left:
+                break
+            seen = co.get(asked, Counter())
+            together = [c for c in left if seen.get(c, 0) > 0]
+            chosen.append(min(together, key=lambda c: (-seen[c], c)) if together else left[int(rng.integers(len(left)))])
+        return chosen
     else:
         raise ValueError(f"POPE split must be one of {SPLITS}, got {split!r}")
     return sorted(absent, key=lambda c: (-score[c], c))[:n]
@@ -110,11 +142,11 @@ def build_questions(
     for image in chosen:
         present = sorted(data.objects[image])
         yes = [present[int(i)] for i in rng.choice(len(present), size=min(n_per_side, len(present)), replace=False)]
-        no = negatives(split, set(present), categories, n_per_side, rng, freq, co)
+        no = negatives(split, set(present), categories, n_per_side, rng, freq, co, positives=yes)
         for p, q in zip(yes, no):
             questions.append(Question(data.files[image], p, True))
             questions.append(Question(data.files[image], q, False))
-    return [Question(q.image, q.obj, q.label, TEMPLATE.format(q.obj), i + 1) for i, q in enumerate(questions)]
+    return [Question(q.image, q.obj, q.label, ask(TEMPLATE, q.obj), i + 1) for i, q in enumerate(questions)]
 
 
 _ASKED = re.compile(r"is there an? (.+?) in the image", re.IGNORECASE)
@@ -167,19 +199,20 @@ def metrics_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def pope(answers: Sequence[str], questions: Sequence[Question]) -> dict[str, float]:
+def pope(answers: Sequence[str], questions: Sequence[Question], parse: Callable[[str], bool | None] = parse_yes_no) -> dict[str, float]:
     """POPE metrics of answers to ``questions`` (one answer each)."""
-    counts = answer_counts([parse_yes_no(a) for a in answers], [q.label for q in questions])
+    counts = answer_counts([parse(a) for a in answers], [q.label for q in questions])
     return {k: float(v) for k, v in metrics_from_counts(np.array(counts, float)).items()}
 
 
-def count_matrix(answers: Sequence[str], questions: Sequence[Question]) -> tuple[list[str], np.ndarray]:
+def count_matrix(answers: Sequence[str], questions: Sequence[Question],
+                 parse: Callable[[str], bool | None] = parse_yes_no) -> tuple[list[str], np.ndarray]:  # fmt: skip
     """Images (in first-seen order) and ``[n_images, len(COUNTS)]``: the bootstrap resamples
     images, each with all its questions."""
     groups: dict[str, tuple[list, list]] = {}
     for a, q in zip(answers, questions):
         p, y = groups.setdefault(q.image, ([], []))
-        p.append(parse_yes_no(a))
+        p.append(parse(a))
         y.append(q.label)
     images = list(groups)
     return images, np.array([answer_counts(*groups[i]) for i in images], dtype=float).reshape(len(images), len(COUNTS))

@@ -91,7 +91,7 @@ def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens
 
 
 def pope_tasks(folder: Path, limit: int | None, prompts: Prompts, answer_tokens: int, seed: int,
-               splits: Sequence[str] = pope.SPLITS, n_images: int = 500) -> list[Task]:  # fmt: skip
+               splits: Sequence[str] = pope.SPLITS, n_images: int = 500, yes_no: str = "first") -> list[Task]:  # fmt: skip
     tasks = []
     data = None
     for split in splits:
@@ -103,30 +103,35 @@ def pope_tasks(folder: Path, limit: int | None, prompts: Prompts, answer_tokens:
                 instances = _one(folder, ["annotations/instances_*.json", "instances*.json"], "COCO instances file or pope/*.json")
                 data = coco.load_coco(instances)
             questions = pope.build_questions(data, split, n_images=n_images, seed=seed)
-            questions = [pope.Question(q.image, q.obj, q.label, prompts.question.format(q.obj), q.question_id) for q in questions]
+            questions = [pope.Question(q.image, q.obj, q.label, pope.ask(prompts.question, q.obj), q.question_id) for q in questions]
         full = len(questions)
         if limit:
             keep = list(dict.fromkeys(q.image for q in questions))[:limit]
             questions = [q for q in questions if q.image in set(keep)]
         items = [Item(f"{split}/{n}", image_path(folder, q.image), q.prompt) for n, q in enumerate(questions)]
-        tasks.append(Task(f"pope-{split}", items, _pope_scorer(split, questions), pope.metrics_from_counts, answer_tokens,
+        tasks.append(Task(f"pope-{split}", items, _pope_scorer(split, questions, pope.PARSERS[yes_no]), pope.metrics_from_counts, answer_tokens,
                           ("accuracy", "F1", "yes_ratio"), full))  # fmt: skip
     return tasks
 
 
-def _pope_scorer(split: str, questions: list[pope.Question]):
+def _said(answer: str, parse) -> str | None:
+    return {True: "yes", False: "no", None: None}[parse(answer)]
+
+
+def _pope_scorer(split: str, questions: list[pope.Question], parse):
     def score(answers: dict[str, str]):
         texts = [answers[f"{split}/{n}"] for n in range(len(questions))]
         details = {f"{split}/{n}": {"object": q.obj, "label": "yes" if q.label else "no",
-                                    "parsed": {True: "yes", False: "no", None: None}[pope.parse_yes_no(t)]}
+                                    "parsed": _said(t, parse)}
                    for n, (q, t) in enumerate(zip(questions, texts))}  # fmt: skip
-        return pope.count_matrix(texts, questions)[1], details
+        return pope.count_matrix(texts, questions, parse)[1], details
 
     return score
 
 
-def amber_tasks(folder: Path, limit: int | None, max_new_tokens: int, answer_tokens: int) -> list[Task]:
+def amber_tasks(folder: Path, limit: int | None, max_new_tokens: int, answer_tokens: int, yes_no: str = "first") -> list[Task]:
     data = amber.load_amber(folder)
+    parse = pope.PARSERS[yes_no]
     gen = [i for i in data.items if i.generative]
     dis = [i for i in data.items if not i.generative]
     families = {f: [i for i in dis if i.family == f] for f in amber.FAMILIES}
@@ -151,9 +156,8 @@ def amber_tasks(folder: Path, limit: int | None, max_new_tokens: int, answer_tok
 
         def score_dis(answers, chosen=chosen):
             texts = [answers[f"d/{i.id}"] for i in chosen]
-            details = {f"d/{i.id}": {"type": i.type, "label": i.truth, "parsed": {True: "yes", False: "no", None: None}[pope.parse_yes_no(t)]}
-                       for i, t in zip(chosen, texts)}  # fmt: skip
-            return amber.discriminative_matrix(texts, chosen)[1], details
+            details = {f"d/{i.id}": {"type": i.type, "label": i.truth, "parsed": _said(t, parse)} for i, t in zip(chosen, texts)}
+            return amber.discriminative_matrix(texts, chosen, parse)[1], details
 
         items = [Item(f"d/{i.id}", image_path(folder, i.image), i.query) for i in chosen]
         tasks.append(Task(f"amber-{family}", items, score_dis, amber.discriminative_from_counts, answer_tokens,
@@ -207,6 +211,7 @@ class Run:
     seed: int = 0
     n_boot: int = stats.N_BOOT
     settings: dict = field(default_factory=dict)
+    scoring: dict = field(default_factory=dict)      # how answers are read: may change between runs of one file
 
     def load(self) -> dict:
         """The output file's record when it matches this run's settings (answers are reused), else a new one."""
@@ -272,6 +277,7 @@ class Run:
                     counts[method, task.name], counts[baseline, task.name], task.metric, n_boot=self.n_boot, seed=self.seed
                 )
         record["baseline"] = baseline
+        record["scoring"] = dict(self.scoring)
         record["headline"] = {t.name: list(t.headline) for t in self.tasks}
         record["sizes"] = {t.name: {"run": len(t.items), "full": t.full or len(t.items)} for t in self.tasks}
 
