@@ -88,17 +88,24 @@ def test_chair_by_hand(coco_dir):
         3: "A person riding a bike next to a car.",           # person, bicycle, car: no hallucination
         4: "An empty street.",                                # nothing named
     }
-    metrics, details = chair.chair([captions[i] for i in (1, 2, 3, 4)], [truth[i] for i in (1, 2, 3, 4)])
-    # named: 4 + 4 + 3 + 0 = 11; hallucinated: 1 + 2 = 3; captions with one: 2 of 4
-    # truth: 4 + 2 + 4 + 3 = 13 (image 3: dog, person, car, bicycle); covered: 3 + 2 + 3 + 0 = 8
-    assert metrics["CHAIR_i"] == pytest.approx(3 / 11)
+    listed = ([captions[i] for i in (1, 2, 3, 4)], [truth[i] for i in (1, 2, 3, 4)])
+    metrics, details = chair.chair(*listed)
+    # every mention (caption 2 names the dog twice): named 4 + 5 + 3 + 0 = 12; hallucinated 1 + 3 = 4;
+    # captions with one: 2 of 4; truth: 4 + 2 + 4 + 3 = 13 (image 3: dog, person, car, bicycle);
+    # covered (each true object once): 3 + 2 + 3 + 0 = 8
+    assert metrics["CHAIR_i"] == pytest.approx(4 / 12)
     assert metrics["CHAIR_s"] == pytest.approx(2 / 4)
     assert metrics["recall"] == pytest.approx(8 / 13)
-    assert metrics["objects_per_caption"] == pytest.approx(11 / 4)
-    assert details[1]["hallucinated"] == ["bowl", "dog"] and details[0]["hallucinated"] == ["frisbee"]
-    per_mention, _ = chair.chair(["A dog, another dog and a cat."], [{"dog"}], per_mention=True)
-    assert per_mention["CHAIR_i"] == pytest.approx(1 / 3)  # dog, dog, cat
-    once, _ = chair.chair(["A dog, another dog and a cat."], [{"dog"}])
+    assert metrics["objects_per_caption"] == pytest.approx(12 / 4)
+    assert details[1]["hallucinated"] == ["dog", "dog", "bowl"] and details[0]["hallucinated"] == ["frisbee"]
+    once, details = chair.chair(*listed, per_mention=False)
+    # each object once per caption: named 4 + 4 + 3 = 11; hallucinated 1 + 2 = 3
+    assert once["CHAIR_i"] == pytest.approx(3 / 11) and once["objects_per_caption"] == pytest.approx(11 / 4)
+    assert once["CHAIR_s"] == metrics["CHAIR_s"] and once["recall"] == metrics["recall"]
+    assert details[1]["hallucinated"] == ["bowl", "dog"]
+    every, _ = chair.chair(["A dog, another dog and a cat."], [{"dog"}])
+    assert every["CHAIR_i"] == pytest.approx(1 / 3)  # dog, dog, cat: every mention counts (the original script)
+    once, _ = chair.chair(["A dog, another dog and a cat."], [{"dog"}], per_mention=False)
     assert once["CHAIR_i"] == pytest.approx(1 / 2)
 
 
@@ -371,14 +378,18 @@ def test_eval_chair_and_pope_on_the_tiny_model_resume(tmp_path):
     assert "| plain |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").is_file()
     # resumable: a planted answer is kept, not regenerated, and scored
-    record["answers"]["plain"]["1"] = "a dog and a frisbee"
+    record["answers"]["plain"]["1"] = "a frisbee, a dog and another frisbee"
     del record["answers"]["vcd"]["3"]
     out.write_text(json.dumps(record))
     again = _cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     resumed = json.loads(out.read_text())
-    assert resumed["answers"]["plain"]["1"] == "a dog and a frisbee" and "3" in resumed["answers"]["vcd"]
-    assert resumed["details"]["plain"]["1"]["hallucinated"] == ["frisbee"]
+    assert resumed["answers"]["plain"]["1"] == "a frisbee, a dog and another frisbee" and "3" in resumed["answers"]["vcd"]
+    assert resumed["details"]["plain"]["1"]["hallucinated"] == ["frisbee", "frisbee"]  # every mention
+    once = _cli(*args, "--chair-mentions", "once", cwd=tmp_path)  # rescored, not regenerated
+    assert once.returncode == 0, once.stderr
+    rescored = json.loads(out.read_text())
+    assert rescored["answers"] == resumed["answers"] and rescored["details"]["plain"]["1"]["hallucinated"] == ["frisbee"]
     other = _cli(*[a if a != "6" else "7" for a in args], cwd=tmp_path)  # other settings: refused, file kept
     assert other.returncode == 2 and "other settings" in other.stderr
 
@@ -398,7 +409,7 @@ def test_eval_chair_and_pope_on_the_tiny_model_resume(tmp_path):
                     cwd=tmp_path)  # fmt: skip
     assert rescored.returncode == 0, rescored.stderr
     record = json.loads(pope_out.read_text())
-    assert record["answers"]["plain"][key] == "Yes, but there is no such thing." and record["scoring"] == {"yes_no": "pope"}
+    assert record["answers"]["plain"][key] == "Yes, but there is no such thing." and record["scoring"]["yes_no"] == "pope"
     assert record["details"]["plain"][key]["parsed"] == "no"
     questions = pope.build_questions(coco.load_coco(data / "annotations/instances_val2014.json"), "adversarial")
     answers = [record["answers"]["plain"][f"adversarial/{n}"] for n in range(len(questions))]
@@ -469,7 +480,7 @@ def test_eval_reproduces_the_evidence_benchmark_on_its_own_scenes(tmp_path):
     expected_pope = evidence_metrics.pope(answer_yes(model, suite.pope_scenes, suite.pope_kinds), suite.pope_labels)
 
     prompts = runner.Prompts(describe=text.DESCRIBE)
-    tasks = [runner.chair_task(data, None, prompts, 24, vocabulary="categories"),
+    tasks = [runner.chair_task(data, None, prompts, 24, vocabulary="categories", per_mention=False),  # as the benchmark counts
              *runner.pope_tasks(data, None, prompts, 2, 0, ["adversarial"])]  # fmt: skip
     record = runner.Run("shapes", "chair+pope", tasks, ["plain"], tmp_path / "out.json", batch_size=16, n_boot=20).execute(
         model, processor, progress=False)  # fmt: skip

@@ -126,7 +126,7 @@ def evaluate(args: argparse.Namespace) -> None:
             raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     prompts = runner.Prompts(describe=args.prompt, question=args.question)
     if args.benchmark == "chair":
-        tasks = [runner.chair_task(data, args.limit, prompts, args.max_new_tokens, args.vocabulary)]
+        tasks = [runner.chair_task(data, args.limit, prompts, args.max_new_tokens, args.vocabulary, args.chair_mentions == "every")]
     elif args.benchmark == "pope":
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         if not splits or set(splits) - set(pope.SPLITS):
@@ -140,7 +140,7 @@ def evaluate(args: argparse.Namespace) -> None:
                 "dtype": args.dtype}  # fmt: skip
     out = Path(args.out)
     job = runner.Run(args.model, args.benchmark, tasks, names, out, args.batch_size, args.seed, args.n_boot, settings,
-                     scoring={"yes_no": args.yes_no})  # fmt: skip
+                     scoring={"yes_no": args.yes_no, "chair_mentions": args.chair_mentions})  # fmt: skip
     job.load()  # refuse a mismatching output file before loading the model
     model, processor = _eval_model(args.model, _device(args.device), args.dtype)
     record = job.execute(model, processor, progress=not args.no_progress)
@@ -255,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default="Is there a {} in the image?", help="POPE question built from annotations ({} is the object; \"a {}\" reads \"an {}\" before a vowel)")
     p.add_argument("--splits", default="random,popular,adversarial", help="POPE splits (default: all three)")
     p.add_argument("--pope-images", type=int, default=500, help="images per built POPE split (default: 500)")
+    p.add_argument("--chair-mentions", choices=("every", "once"), default="every",
+                   help="CHAIR counts every mention of an object (default, as the original script) or each object once "
+                        "per caption; changing it rescores the saved answers")  # fmt: skip
     p.add_argument("--vocabulary", default="coco", choices=["coco", "categories"],
                    help="CHAIR's objects: the 80 COCO categories with synonyms, or the instances file's category names")
     p.add_argument("--seed", type=int, default=0, help="seed of the POPE sampling and of the bootstrap (default: 0)")

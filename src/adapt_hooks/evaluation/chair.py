@@ -1,9 +1,9 @@
 """CHAIR (Rohrbach et al., 2018): object hallucination in image captions.
 
 A caption's objects are the categories its words name (:class:`~.coco.Vocabulary`); its ground
-truth is the image's instance categories plus the objects its reference captions name. Each
-object counts once per caption (a caption that names "two dogs" and later "the dog" names one
-dog); ``per_mention=True`` counts every mention instead, as the word-level variant of the metric.
+truth is the image's instance categories plus the objects its reference captions name. Every
+mention counts, as in the original script (a caption that names "two dogs" and later "the dog"
+names a dog twice); ``per_mention=False`` counts each object once per caption instead.
 
 * ``CHAIR_i`` = hallucinated objects / named objects, over all captions;
 * ``CHAIR_s`` = captions with at least one hallucinated object / captions;
@@ -25,7 +25,7 @@ from .stats import ratio
 COUNTS = ("named", "hallucinated", "any_hallucinated", "truth", "covered", "captions")
 
 
-def caption_details(caption: str, truth: set[str], vocabulary: Vocabulary | None = None, *, per_mention: bool = False) -> dict:
+def caption_details(caption: str, truth: set[str], vocabulary: Vocabulary | None = None, *, per_mention: bool = True) -> dict:
     """What CHAIR sees in one caption: the objects it names, which are hallucinated, which of the
     truth it covers, and the counts of :data:`COUNTS`."""
     vocabulary = vocabulary or coco_vocabulary()
@@ -56,7 +56,7 @@ def metrics_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def chair(
-    captions: Sequence[str], truths: Sequence[set[str]], vocabulary: Vocabulary | None = None, *, per_mention: bool = False
+    captions: Sequence[str], truths: Sequence[set[str]], vocabulary: Vocabulary | None = None, *, per_mention: bool = True
 ) -> tuple[dict[str, float], list[dict]]:
     """CHAIR of ``captions[i]`` against ``truths[i]``: the metrics and per-caption details."""
     if len(captions) != len(truths):

@@ -73,7 +73,8 @@ def image_path(folder: Path, file_name: str) -> Path:
 
 
 # -- the benchmarks -----------------------------------------------------------------------------
-def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens: int, vocabulary: str = "coco") -> Task:
+def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens: int, vocabulary: str = "coco",
+               per_mention: bool = True) -> Task:  # fmt: skip
     instances = _one(folder, ["annotations/instances_*.json", "instances*.json"], "COCO instances file")
     captions = _one(folder, ["annotations/captions_*.json", "captions*.json"], "COCO captions file", required=False)
     data = coco.load_coco(instances, captions)
@@ -84,7 +85,7 @@ def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens
     items = [Item(str(i), image_path(folder, data.files[i]), prompts.describe) for i in ids]
 
     def score(answers: dict[str, str]):
-        details = {str(i): chair.caption_details(answers[str(i)], truth[i], vocab) for i in ids}
+        details = {str(i): chair.caption_details(answers[str(i)], truth[i], vocab, per_mention=per_mention) for i in ids}
         return chair.count_matrix([details[str(i)] for i in ids]), details
 
     return Task("chair", items, score, chair.metrics_from_counts, max_new_tokens, ("CHAIR_s", "CHAIR_i", "recall"), full)
