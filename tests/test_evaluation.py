@@ -73,6 +73,9 @@ def test_parser_takes_compounds_whole_and_plurals():
         ("men", "person"), ("hot dogs", "hot dog"), ("teddy bear", "teddy bear"), ("dining table", "dining table"),
         ("dogs", "dog"), ("stop sign", "stop sign")]  # fmt: skip
     assert vocabulary.objects("A puppy and a kitten on a sofa.") == {"dog", "cat", "couch"}
+    # CHAIR's special cases: a qualified animal or vehicle is not also a person
+    text = "A baby elephant, two adult giraffes and a passenger jet; a baby with a laptop computer."
+    assert [m.category for m in vocabulary.mentions(text)] == ["elephant", "giraffe", "airplane", "person", "laptop"]
     assert coco.plural("bus") == "buses" and coco.plural("pony") == "ponies" and coco.plural("toy") == "toys"
 
 

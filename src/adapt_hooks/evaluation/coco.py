@@ -196,9 +196,25 @@ class Vocabulary:
         return {m.category for m in self.mentions(text)}
 
 
+#: Qualified phrases that name their last word's object, not a person (CHAIR's own special cases:
+#: "baby elephant" is an elephant, "passenger jet" an airplane), and compounds that name one object.
+QUALIFIED: dict[str, str] = {
+    **{f"{age} {animal}": category for age in ("baby", "adult")
+       for animal, category in (("bird", "bird"), ("cat", "cat"), ("dog", "dog"), ("horse", "horse"), ("sheep", "sheep"),
+                                ("cow", "cow"), ("elephant", "elephant"), ("bear", "bear"), ("zebra", "zebra"),
+                                ("giraffe", "giraffe"), ("cub", "bear"))},
+    "passenger jet": "airplane", "passenger plane": "airplane", "passenger train": "train", "air plane": "airplane",
+    "stove top oven": "oven", "laptop computer": "laptop",
+}  # fmt: skip
+
+
 def coco_vocabulary() -> Vocabulary:
-    """The 80 COCO categories with :data:`SYNONYMS`."""
-    return Vocabulary(SYNONYMS)
+    """The 80 COCO categories with :data:`SYNONYMS` and :data:`QUALIFIED`."""
+    synonyms = {category: list(names) for category, names in SYNONYMS.items()}
+    for phrase, category in QUALIFIED.items():
+        if phrase not in synonyms[category]:
+            synonyms[category].append(phrase)
+    return Vocabulary(synonyms)
 
 
 def categories_vocabulary(names: Iterable[str]) -> Vocabulary:
