@@ -81,8 +81,11 @@ def test_demo_prints_the_caught_hallucination_the_methods_and_writes_pictures(sh
         assert Image.open(tmp_path / name).size[0] >= 288, name
     # The docs' pictures are this command's output (`adapt-hooks demo --out docs/images`), not hand-made.
     docs = Path(__file__).resolve().parents[1] / "docs" / "images"
-    for name in ("scene.png", "anchor.png", "ve.png"):
-        assert np.array_equal(np.asarray(Image.open(docs / name)), np.asarray(Image.open(tmp_path / name))), f"docs/images/{name} is stale"
+    for name in ("scene.png", "anchor.png", "ve.png"):  # the same pixels, up to float rounding on another CPU
+        shipped, made = (np.asarray(Image.open(folder / name)).astype(int) for folder in (docs, tmp_path))
+        assert shipped.shape == made.shape, f"docs/images/{name} is stale"
+        differs = np.abs(shipped - made)
+        assert differs.max() <= 2 and (differs > 0).mean() < 0.01, f"docs/images/{name} is stale"
     for name in ("overview.png", "drift.png"):  # matplotlib's rendering may differ by version: the same size
         assert Image.open(docs / name).size == Image.open(tmp_path / name).size, f"docs/images/{name} is stale"
 
