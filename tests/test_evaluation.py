@@ -112,6 +112,17 @@ def test_chair_by_hand(coco_dir):
     assert once["CHAIR_i"] == pytest.approx(1 / 2)
 
 
+def test_chair_task_samples_images_with_the_seed(coco_dir):
+    prompts = runner.Prompts()
+    every = runner.chair_task(coco_dir, None, prompts, 8)
+    assert [i.key for i in every.items] == ["1", "2", "3", "4"] and every.full == 4
+    draws = {tuple(i.key for i in runner.chair_task(coco_dir, None, prompts, 8, n_images=2, seed=s).items) for s in range(20)}
+    assert all(len(d) == 2 and set(d) <= {"1", "2", "3", "4"} and list(d) == sorted(d) for d in draws) and len(draws) > 1
+    sample = runner.chair_task(coco_dir, 1, prompts, 8, n_images=3, seed=5)
+    again = runner.chair_task(coco_dir, None, prompts, 8, n_images=3, seed=5)
+    assert sample.full == 3 and [i.key for i in sample.items] == [i.key for i in again.items][:1]  # --limit after the draw
+
+
 # -- POPE ---------------------------------------------------------------------------------------
 def test_yes_no_parser():
     assert pope.parse_yes_no("Yes, there is a dog.") is True

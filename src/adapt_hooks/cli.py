@@ -120,13 +120,14 @@ def evaluate(args: argparse.Namespace) -> None:
     data = Path(args.data)
     if not data.is_dir():
         raise CommandError(f"--data {args.data!r}: no such folder")
-    for flag in ("limit", "batch_size", "answer_tokens", "n_boot", "pope_images"):
+    for flag in ("limit", "batch_size", "answer_tokens", "n_boot", "pope_images", "chair_images"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise CommandError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     prompts = runner.Prompts(describe=args.prompt, question=args.question)
     if args.benchmark == "chair":
-        tasks = [runner.chair_task(data, args.limit, prompts, args.max_new_tokens, args.vocabulary, args.chair_mentions == "every")]
+        tasks = [runner.chair_task(data, args.limit, prompts, args.max_new_tokens, args.vocabulary, args.chair_mentions == "every",
+                                   args.chair_images, args.seed)]  # fmt: skip
     elif args.benchmark == "pope":
         splits = [s.strip() for s in args.splits.split(",") if s.strip()]
         if not splits or set(splits) - set(pope.SPLITS):
@@ -136,7 +137,7 @@ def evaluate(args: argparse.Namespace) -> None:
         tasks = runner.amber_tasks(data, args.limit, args.max_new_tokens, args.answer_tokens, args.yes_no)
     settings = {"data": str(data.resolve()), "limit": args.limit, "max_new_tokens": args.max_new_tokens,
                 "answer_tokens": args.answer_tokens, "prompt": args.prompt, "question": args.question, "seed": args.seed,
-                "splits": args.splits, "pope_images": args.pope_images, "vocabulary": args.vocabulary,
+                "splits": args.splits, "pope_images": args.pope_images, "chair_images": args.chair_images, "vocabulary": args.vocabulary,
                 "dtype": args.dtype}  # fmt: skip
     out = Path(args.out)
     job = runner.Run(args.model, args.benchmark, tasks, names, out, args.batch_size, args.seed, args.n_boot, settings,
@@ -255,6 +256,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--question", default="Is there a {} in the image?", help="POPE question built from annotations ({} is the object; \"a {}\" reads \"an {}\" before a vowel)")
     p.add_argument("--splits", default="random,popular,adversarial", help="POPE splits (default: all three)")
     p.add_argument("--pope-images", type=int, default=500, help="images per built POPE split (default: 500)")
+    p.add_argument("--chair-images", type=int, default=None,
+                   help="CHAIR on a seeded sample of N images of the instances file (the usual protocol: 500); default: all")
     p.add_argument("--chair-mentions", choices=("every", "once"), default="every",
                    help="CHAIR counts every mention of an object (default, as the original script) or each object once "
                         "per caption; changing it rescores the saved answers")  # fmt: skip

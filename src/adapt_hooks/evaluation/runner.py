@@ -74,14 +74,19 @@ def image_path(folder: Path, file_name: str) -> Path:
 
 # -- the benchmarks -----------------------------------------------------------------------------
 def chair_task(folder: Path, limit: int | None, prompts: Prompts, max_new_tokens: int, vocabulary: str = "coco",
-               per_mention: bool = True) -> Task:  # fmt: skip
+               per_mention: bool = True, n_images: int | None = None, seed: int = 0) -> Task:  # fmt: skip
+    """CHAIR on every image of the instances file, or on a seeded uniform sample of ``n_images``
+    of them (the usual protocol: 500 of COCO val2014), then the first ``limit``."""
     instances = _one(folder, ["annotations/instances_*.json", "instances*.json"], "COCO instances file")
     captions = _one(folder, ["annotations/captions_*.json", "captions*.json"], "COCO captions file", required=False)
     data = coco.load_coco(instances, captions)
     vocab = coco.coco_vocabulary() if vocabulary == "coco" else coco.categories_vocabulary(data.categories.values())
     truth = data.truth(vocab)
-    ids = data.image_ids[:limit] if limit else data.image_ids
-    full = len(data.image_ids)
+    ids = data.image_ids
+    if n_images is not None and n_images < len(ids):
+        ids = sorted(int(i) for i in np.random.default_rng(seed).choice(ids, size=n_images, replace=False))
+    full = len(ids)
+    ids = ids[:limit] if limit else ids
     items = [Item(str(i), image_path(folder, data.files[i]), prompts.describe) for i in ids]
 
     def score(answers: dict[str, str]):
