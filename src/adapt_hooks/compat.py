@@ -18,6 +18,12 @@ What differs inside the supported range:
   other pixels (VCD's noised image) reads the encoder's inputs through :class:`ImageCapture` and
   re-encodes with :func:`encode_images` and :func:`expand_encoded`.
 
+- Molmo2's ``image_token_pooling``: indices into all the batch's patches up to 5.24, into each
+  image's own from 5.25 (:data:`MOLMO2_POOLING_PER_IMAGE`);
+- ``from_pretrained`` uses the ``kernels`` package's hub kernels by default from 5.25 (for layers
+  such as RMSNorm; attention is untouched, so the guard is unaffected); ``USE_HUB_KERNELS=NO``
+  turns them off.
+
 Behaviour of one kind of model lives here too: sparse (DSA) attention hands a custom-named attention
 function its top-k pick as ``indices=`` (:func:`index_mask`), and Llama 4 needs two upstream bugs
 worked around from 5.23 on (:func:`repair_llama4`).
@@ -46,7 +52,7 @@ def _release(version: str) -> tuple[int, ...]:
 
 #: The oldest release adapt-hooks supports (pyproject's lower bound) and the newest it was tested on.
 MINIMUM = "5.17.0"
-NEWEST_TESTED = "5.24.0"
+NEWEST_TESTED = "5.25.0"
 INSTALLED = transformers.__version__
 
 #: Keywords under which a model's ``forward`` receives the KV cache, newest first.
@@ -60,6 +66,9 @@ IMAGE_KEYWORDS = ("pixel_values", "pixel_values_images", "mm_encoder_outputs", "
 PIXEL_KEYWORDS = ("pixel_values", "pixel_values_images")
 #: The cache method beam search calls between steps.
 REORDER = "reorder_cache"
+#: From 5.25 Molmo2's ``image_token_pooling`` indexes each image's own patches (the model adds the
+#: offsets from ``image_num_crops``); before, it indexed the patches of all images of the batch.
+MOLMO2_POOLING_PER_IMAGE = _release(INSTALLED) >= (5, 25)
 
 AttentionFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -75,7 +84,7 @@ class CompatibilityError(RuntimeError):
 
 
 def tested_range() -> str:
-    """The tested releases, for messages: ``"5.17.0 to 5.24.0"``."""
+    """The tested releases, for messages: ``"5.17.0 to 5.25.0"``."""
     return f"{MINIMUM} to {NEWEST_TESTED}"
 
 

@@ -26,6 +26,7 @@ NOT_APPLICABLE: dict[str, str] = {
     'kosmos-2.5': 'the image embeddings are placed by image_embeds_position_mask, not by an image token id',
     'mistral4': 'text-only in this mapping (Mistral4ForCausalLM); its images go through mistral3',
     'pi0': 'a robot policy, not a text generator',
+    'pi05': 'a robot policy, not a text generator',
     'pix2struct': 'encoder-decoder: the image enters the encoder, the decoder cross-attends',
     'pp_formulanet': 'encoder-decoder: the image enters the encoder, the decoder cross-attends',
     't5gemma2': 'encoder-decoder: the image tokens are in the encoder input, the decoder cross-attends',
@@ -39,8 +40,8 @@ GENERIC_ONLY: frozenset[str] = frozenset({
     'apertus1p5', 'aria', 'blip-2', 'cohere_compass', 'cosmos3_edge', 'cosmos3_omni', 'deepseek_ocr2', 'dots3_note',
     'exaone4_5', 'fast_vlm', 'fuyu', 'gemma3n', 'glm5_next', 'glm_ocr', 'glmga', 'got_ocr2', 'granite_docling',
     'hy_v4_vl', 'hyperclovax_vision_v2', 'idefics2', 'inkling2', 'inkling2_loop', 'inkling_mm_model',
-    'instructblip', 'instructblipvideo', 'janus', 'lighton_ocr', 'minicpm_ocr', 'minimax_m3_vl', 'muse_glimmer',
-    'muse_spark', 'nemotron_h_omni', 'ovis2', 'paddleocr_vl', 'perception_lm', 'pp_chart2table', 'qianfan_ocr',
+    'instructblip', 'instructblipvideo', 'janus', 'lighton_ocr', 'llava_onevision1_5', 'minicpm_ocr', 'minimax_m3_vl', 'muse_glimmer',
+    'muse_spark', 'nemotron_h_omni', 'ovis2', 'ovis2_5', 'paddleocr_vl', 'perception_lm', 'pp_chart2table', 'qianfan_ocr',
     'qwen4_exp', 'shieldgemma2', 'step3p7', 'unlimited_ocr', 'video_llama_3', 'vipllava',
 })
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import compat
 from ._common import BOS, IMAGE, PAD, TEXT, VISION_END, VISION_START, left_pad, text_tokens
 
 CROP, PATCH, MARGINS, POOL = 32, 4, (1, 1), (2, 2)
@@ -68,7 +69,7 @@ def inputs(model, batch: int, images: bool, generator: torch.Generator) -> dict[
         if images:
             tiling = TILINGS[b % len(TILINGS)]
             indices, grid = image_pooling(tiling)
-            offset = sum(crops) * (CROP // PATCH) ** 2
+            offset = 0 if compat.MOLMO2_POOLING_PER_IMAGE else sum(crops) * (CROP // PATCH) ** 2
             pooling.append(torch.where(indices >= 0, indices + offset, -1))
             grids.append(grid)
             crops.append(1 + tiling[0] * tiling[1])
