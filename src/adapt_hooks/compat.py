@@ -20,9 +20,9 @@ What differs inside the supported range:
 
 - Molmo2's ``image_token_pooling``: indices into all the batch's patches up to 5.24, into each
   image's own from 5.25 (:data:`MOLMO2_POOLING_PER_IMAGE`);
-- ``from_pretrained`` uses the ``kernels`` package's hub kernels by default from 5.25 (for layers
-  such as RMSNorm; attention is untouched, so the guard is unaffected); ``USE_HUB_KERNELS=NO``
-  turns them off.
+- ``from_pretrained`` uses the ``kernels`` package's hub kernels by default from 5.25, on CUDA,
+  ROCm and XPU (norms, activations, linear-attention layers; the softmax attention the guard
+  hooks is not among them); ``USE_HUB_KERNELS=NO`` turns them off.
 
 Behaviour of one kind of model lives here too: sparse (DSA) attention hands a custom-named attention
 function its top-k pick as ``indices=`` (:func:`index_mask`), and Llama 4 needs two upstream bugs
