@@ -145,6 +145,7 @@ def main(argv=None) -> None:
                   f"accuracy {logged['rewards/accuracies']:.2f}", flush=True)
     if log is not None:
         log.close()
+    accelerator.wait_for_everyone()  # leave together: a process that exits first can leave the other hanging in teardown
     accelerator.end_training()
 
 

@@ -5,6 +5,8 @@ the same global batch."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +21,16 @@ ARGS = ["--steps", "2", "--batch-size", "4", "--lr", "5e-3"]
 
 
 def run(command: list[str], log: Path) -> list[dict]:
-    result = subprocess.run(command + ARGS + ["--log", str(log)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    """Run ``command`` in its own process group, killed whole (every rank) if it outlives the timeout."""
+    process = subprocess.Popen(command + ARGS + ["--log", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        _, stderr = process.communicate()
+        pytest.fail(f"{command[:4]} did not finish in 300 s: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
