@@ -41,15 +41,15 @@ answers (never correct, never "no"), per family (existence, attribute, relation)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .coco import Vocabulary
-from .pope import parse_yes_no
-from .stats import ratio
+from .pope import Parser, parse_yes_no
+from .stats import per_unit, ratio
 
 #: Per-description counts of the generative task, in this order.
 COUNTS = ("named", "hallucinated", "any_hallucinated", "truth", "covered", "hallu", "cognitive", "descriptions")
@@ -179,9 +179,6 @@ def generative(descriptions: Sequence[str], items: Sequence[AmberItem], data: Am
     return {k: float(v) for k, v in generative_from_counts(counts.sum(0)).items()}, details
 
 
-Parser = Callable[[str], "bool | None"]
-
-
 def answer_counts(answers: Sequence[str], items: Sequence[AmberItem], parse: Parser = parse_yes_no) -> list[int]:
     """:data:`QA_COUNTS` of a group of yes/no answers."""
     correct = answered_no = correct_no = truth_no = unparsed = 0
@@ -198,13 +195,8 @@ def answer_counts(answers: Sequence[str], items: Sequence[AmberItem], parse: Par
 
 def discriminative_matrix(answers: Sequence[str], items: Sequence[AmberItem], parse: Parser = parse_yes_no) -> tuple[list[str], np.ndarray]:
     """Images (in first-seen order) and ``[n_images, len(QA_COUNTS)]`` (the bootstrap's units)."""
-    groups: dict[str, tuple[list, list]] = {}
-    for answer, item in zip(answers, items, strict=True):
-        a, i = groups.setdefault(item.image, ([], []))
-        a.append(answer)
-        i.append(item)
-    images = list(groups)
-    return images, np.array([answer_counts(*groups[i], parse) for i in images], float).reshape(len(images), len(QA_COUNTS))
+    rows = list(zip(answers, items, strict=True))
+    return per_unit([i.image for i in items], rows, lambda group: answer_counts(*zip(*group), parse), len(QA_COUNTS))
 
 
 def discriminative_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:

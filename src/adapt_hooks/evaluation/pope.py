@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .coco import CocoSet
-from .stats import ratio
+from .stats import per_unit, ratio
 
 SPLITS = ("random", "popular", "adversarial")
 TEMPLATE = "Is there a {} in the image?"
@@ -62,6 +62,10 @@ class Question:
         return self.text or ask(TEMPLATE, self.obj)
 
 
+#: A yes/no parser: True for "yes", False for "no", None when it cannot tell.
+Parser = Callable[[str], "bool | None"]
+
+
 def parse_yes_no(answer: str) -> bool | None:
     """True for "yes", False for "no", by the first standalone yes/no word; None when neither."""
     found = _YES_NO.search(answer)
@@ -76,7 +80,7 @@ def parse_like_release(answer: str) -> bool:
 
 
 #: Yes/no parsers by name (``adapt-hooks eval --yes-no``).
-PARSERS: dict[str, Callable[[str], bool | None]] = {"first": parse_yes_no, "pope": parse_like_release}
+PARSERS: dict[str, Parser] = {"first": parse_yes_no, "pope": parse_like_release}
 
 
 def frequencies(objects: Mapping[int, set[str]]) -> Counter:
@@ -95,7 +99,7 @@ def cooccurrence(objects: Mapping[int, set[str]]) -> dict[str, Counter]:
 
 def ask(template: str, obj: str) -> str:
     """``template`` (with ``{}`` for the object) asked about ``obj``: "a {}" reads "an {}" before a vowel."""
-    if obj[:1].lower() in "aeiou" and obj:
+    if obj and obj[0].lower() in "aeiou":
         template = re.sub(r"\ba \{\}", "an {}", template)
     return template.format(obj)
 
@@ -199,20 +203,14 @@ def metrics_from_counts(sums: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def pope(answers: Sequence[str], questions: Sequence[Question], parse: Callable[[str], bool | None] = parse_yes_no) -> dict[str, float]:
+def pope(answers: Sequence[str], questions: Sequence[Question], parse: Parser = parse_yes_no) -> dict[str, float]:
     """POPE metrics of answers to ``questions`` (one answer each)."""
     counts = answer_counts([parse(a) for a in answers], [q.label for q in questions])
     return {k: float(v) for k, v in metrics_from_counts(np.array(counts, float)).items()}
 
 
-def count_matrix(answers: Sequence[str], questions: Sequence[Question],
-                 parse: Callable[[str], bool | None] = parse_yes_no) -> tuple[list[str], np.ndarray]:  # fmt: skip
+def count_matrix(answers: Sequence[str], questions: Sequence[Question], parse: Parser = parse_yes_no) -> tuple[list[str], np.ndarray]:
     """Images (in first-seen order) and ``[n_images, len(COUNTS)]``: the bootstrap resamples
     images, each with all its questions."""
-    groups: dict[str, tuple[list, list]] = {}
-    for a, q in zip(answers, questions):
-        p, y = groups.setdefault(q.image, ([], []))
-        p.append(parse(a))
-        y.append(q.label)
-    images = list(groups)
-    return images, np.array([answer_counts(*groups[i]) for i in images], dtype=float).reshape(len(images), len(COUNTS))
+    rows = [(parse(a), q.label) for a, q in zip(answers, questions)]
+    return per_unit([q.image for q in questions], rows, lambda group: answer_counts(*zip(*group)), len(COUNTS))

@@ -14,7 +14,7 @@ intervals.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,15 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` elementwise, 0 where the denominator is 0."""
     numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
     return np.divide(numerator, denominator, out=np.zeros(np.broadcast(numerator, denominator).shape), where=denominator != 0)
+
+
+def per_unit(units: Sequence[str], rows: Sequence, count: Callable[[list], list], width: int) -> tuple[list[str], np.ndarray]:
+    """The bootstrap's input: ``rows`` grouped by their ``units`` (images, in first-seen order),
+    each group's ``count(rows)``, as ``[n_units, width]``."""
+    groups: dict[str, list] = {}
+    for unit, row in zip(units, rows):
+        groups.setdefault(unit, []).append(row)
+    return list(groups), np.array([count(g) for g in groups.values()], dtype=float).reshape(len(groups), width)
 
 
 def replicate_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
